@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException

@@ -6,8 +6,8 @@ Runs in the driver and in command-line entry points. The dataclasses live in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore

@@ -27,15 +27,18 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install --quiet --upgrade pip setuptools wheel
+quiet_pip() {  # pip minus the machine's notes about absent local index folders
+  "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+quiet_pip install --quiet --upgrade pip setuptools wheel
 
 if [ "$stack" = cpu ]; then
   echo "[setup] installing torch 2.13.0 (CPU build)"
-  "${pip[@]}" install --quiet "torch==2.13.0"
+  quiet_pip install --quiet "torch==2.13.0"
 fi
 
 echo "[setup] installing the project with extras [$stack,dev] (a few minutes on a fresh machine)"
-"${pip[@]}" install --quiet -e "$root[$stack,dev]"
+quiet_pip install --quiet -e "$root[$stack,dev]"
 
 if [ "$stack" = cpu ]; then
   for pkg in torchvision torchaudio torchcodec; do

@@ -1,0 +1,1 @@
+"""Ray-free logic: data, rollout, reward, learner. Importable and testable without Ray."""

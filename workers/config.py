@@ -67,9 +67,9 @@ class ToyWorldConfig:
 
     seed: int = 0
     """Seed of the world; same seed, same world, same files."""
-    num_countries: int = 12
+    num_countries: int = 24
     """Countries (each has a capital and a currency)."""
-    num_cities: int = 60
+    num_cities: int = 80
     """Cities (each lies in a country)."""
     num_universities: int = 40
     """Universities (each in a city)."""
@@ -135,6 +135,16 @@ class RetrievalConfig:
     """Encoder truncation length in tokens."""
     index_type: str = "flat"
     """FAISS index: flat (exact inner product), hnsw or ivfpq."""
+    hnsw_m: int = 32
+    """HNSW graph degree (index_type=hnsw), fixed at build time."""
+    ef_search: int = 128
+    """HNSW search breadth at query time (higher: better recall, slower)."""
+    ivf_nlist: int = 0
+    """IVF-PQ coarse clusters, fixed at build time; 0 picks 4 x sqrt(passages)."""
+    pq_m: int = 0
+    """IVF-PQ sub-quantizers (bytes per vector), must divide the dimension; 0 picks ~dim / 8."""
+    nprobe: int = 32
+    """IVF-PQ clusters visited per query at query time."""
     topk: int = 3
     """Documents returned per query by default."""
     encode_batch_size: int = 64
@@ -163,6 +173,8 @@ class ServerConfig:
     """TCP port."""
     auth_token: Optional[str] = None
     """When set, requests must carry 'Authorization: Bearer <token>'."""
+    max_query_chars: int = 4096
+    """Longest accepted query string; longer ones get HTTP 413."""
 
 
 @dataclass
@@ -283,6 +295,12 @@ class LearnerConfig:
     """Put the KL (k3 estimator) in the loss instead of the reward."""
     whiten_advantages: bool = True
     """Whiten advantages over action tokens."""
+    engine: str = "deepspeed"
+    """Training engine: deepspeed (default) or torch (one process, for tests and benchmarks)."""
+    precision: str = "auto"
+    """auto (bf16 on GPUs, fp32 on CPU), fp32 or bf16."""
+    colocate_critic: bool = True
+    """Run the critic in the policy's ranks (one process per rank) instead of its own ranks."""
 
 
 @dataclass
@@ -359,6 +377,8 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "learner.zero_stage": (0, 1, 2, 3),
     "learner.lr_schedule": ("constant", "cosine"),
     "learner.advantage_estimator": ("gae", "grpo"),
+    "learner.engine": ("deepspeed", "torch"),
+    "learner.precision": ("auto", "fp32", "bf16"),
 }
 
 

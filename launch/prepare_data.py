@@ -1,0 +1,86 @@
+"""Prepare a dataset: StepSearch rows per split and the corpus.
+
+    python -m launch.prepare_data data=toyworld
+    python -m launch.prepare_data data=musique data.input_path=FILE data.output_dir=DIR
+    python -m launch.prepare_data data=hotpotqa data.input_path=FILE data.output_dir=DIR
+
+Writes ``DIR/{train,validation,test}.parquet`` (or ``.jsonl`` with ``data.format=jsonl``),
+``DIR/corpus.jsonl`` and ``DIR/summary.json``, and prints the counts. Bad source records
+are reported with file, line (or record index) and reason, dropped, and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from launch.cli import run_tool
+from workers.config import Config, DataConfig
+from workers.data.corpus import write_corpus_jsonl
+from workers.data.hotpotqa import convert_hotpotqa
+from workers.data.musique import Converted, convert_musique
+from workers.data.problems import DataError, ProblemLog
+from workers.data.rows import SPLITS, write_rows
+from workers.data.sources import iter_json_records
+from workers.data.toyworld import generate
+
+logger = logging.getLogger(__name__)
+
+
+def convert(cfg: DataConfig) -> Converted:
+    """Rows and passages of the configured dataset."""
+    if cfg.name == "toyworld":
+        records, passages = generate(cfg.toyworld)
+        out = convert_musique(((f"toyworld[{i}]", r) for i, r in enumerate(records)),
+                              data_source="toyworld")
+        for passage in passages:
+            out.add_passage(passage)
+        return out
+    assert cfg.input_path is not None  # validate() guarantees it
+    problems = ProblemLog()
+    records = iter_json_records(cfg.input_path, problems)
+    if cfg.name == "musique":
+        out = convert_musique(records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    else:
+        out = convert_hotpotqa(records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    out.problems.problems[:0] = problems.problems
+    return out
+
+
+def prepare(cfg: DataConfig) -> dict:
+    """Convert and write the dataset; return the summary that is also written to disk."""
+    out = convert(cfg)
+    if not out.rows:
+        raise DataError(f"no usable rows in {cfg.input_path or cfg.name} "
+                        f"({len(out.problems)} dropped; first: {out.problems.problems[:1]})")
+    root = Path(cfg.output_dir)
+    counts = {}
+    for split in SPLITS:
+        rows = [r for r in out.rows if r.split == split][: cfg.max_rows]
+        counts[split] = write_rows(rows, root / f"{split}.{cfg.format}") if rows else 0
+    passages = write_corpus_jsonl(sorted(out.passages.values(), key=lambda p: p.id),
+                                  root / "corpus.jsonl")
+    summary = {"dataset": cfg.name, "source": cfg.input_path, "rows": counts,
+               "dropped": len(out.problems), "corpus_passages": passages,
+               "dropped_examples": [str(p) for p in out.problems.problems[:20]]}
+    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(cfg: Config) -> int:
+    """Prepare cfg.data and print the counts."""
+    try:
+        summary = prepare(cfg.data)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{k} {v}" for k, v in summary["rows"].items())
+    print(f"{summary['dataset']}: rows: {rows}; dropped rows: {summary['dropped']}; "
+          f"corpus passages: {summary['corpus_passages']} -> {cfg.data.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main, usage=__doc__ or ""))

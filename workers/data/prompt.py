@@ -1,0 +1,22 @@
+"""The instruction given to the policy (StepSearch/Search-R1 protocol, DESIGN.md 1).
+
+Stored in each dataset row as a chat message, so any tokenizer's chat template applies.
+The rollout's agent loop uses the same tag names.
+"""
+
+from __future__ import annotations
+
+SEARCH_INSTRUCTION = (
+    "Answer the question below. Think step by step inside <think> and </think> whenever you "
+    "receive new information. When you need a fact you do not know, write a search query as "
+    "<search> query </search>; the search results will be returned between <information> and "
+    "</information>. Search as many times as you need, one fact at a time. When you know the "
+    "answer, write it inside <answer> and </answer> with no explanation, for example "
+    "<answer> Paris </answer>.\nQuestion: {question}\n"
+)
+"""Default user message; ``{question}`` is filled in per row."""
+
+
+def build_prompt(question: str, template: str = SEARCH_INSTRUCTION) -> list[dict[str, str]]:
+    """The row's ``prompt`` field: one user message."""
+    return [{"role": "user", "content": template.format(question=question.strip())}]

