@@ -133,6 +133,8 @@ class RetrievalConfig:
     """Prepended to passages before encoding (E5: 'passage: ')."""
     max_length: int = 256
     """Encoder truncation length in tokens."""
+    encoder_dtype: str = "auto"
+    """Encoder precision: auto (float16 on CUDA, float32 on CPU), float32, bfloat16 or float16."""
     index_type: str = "flat"
     """FAISS index: flat (exact inner product), hnsw or ivfpq."""
     hnsw_m: int = 32

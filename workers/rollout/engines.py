@@ -70,6 +70,8 @@ class VLLMEngine:
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                        trust_remote_code=trust_remote_code)
         self.tokenizer = self.llm.get_tokenizer()
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> list[Generation]:
         from vllm import SamplingParams
@@ -93,13 +95,60 @@ class VLLMEngine:
             results.append(Generation(ids, lps, reason, completion.text))
         return results
 
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-prob of every token after the first, under the current weights (cross-checks)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        requests: Any = [{"prompt_token_ids": list(s)} for s in sequences]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        scores = []
+        for seq, out in zip(sequences, outputs, strict=True):
+            steps: Any = out.prompt_logprobs or []
+            scores.append([float(step[tok].logprob) for tok, step in zip(seq[1:], steps[1:], strict=True)
+                           if step is not None])
+        return scores
+
     def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
+        """Swap weights in place: write them to shared memory, have every vLLM worker reload.
+
+        vLLM's RPC serializes untyped tensor arguments as nested lists, so the tensors go
+        through a safetensors file (in /dev/shm when present) that the workers' own
+        ``reload_weights(weights_path=...)`` reads; only the path crosses the RPC.
+        """
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(prefix="stepsearch-weights-", dir=shm) as tmp:
+            path = os.path.join(tmp, "model.safetensors")
+            tensors = _unshared(weights)
+            if self.tied_embeddings and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
+                tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+            save_file(tensors, path)
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Stop the engine's worker processes now rather than at interpreter exit."""
         self.llm.llm_engine.engine_core.shutdown()
+
+
+def _unshared(weights: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """CPU tensors, tied ones (lm_head tied to the embeddings) copied so each name has its own.
+
+    Every name is written: vLLM's in-place reload rebuilds each layer from the weights it
+    receives, so a tied lm_head left out of the file would keep its old values.
+    """
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for name, tensor in weights:
+        t = tensor.detach().contiguous().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        out[name] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return out
 
 
 class HFEngine:

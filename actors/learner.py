@@ -1,0 +1,158 @@
+"""LearnerGroup: W data-parallel learner ranks as Ray actors in one placement group.
+
+Runs in the driver; the ranks are ``workers.learner.LearnerWorker`` instances wrapped with
+``ray.remote`` (this module adds resources, placement, rendezvous and forwarding only).
+Rank 0 is the rendezvous of the ranks' process group (gloo on CPU, NCCL on GPUs).
+The driver passes ObjectRefs: each rank pulls the ``TrajectoryBatch`` from the object
+store and works on its index range; the advantages of the whole batch are computed by
+one Ray task next to the data (whitening needs the whole batch) and shared by reference.
+
+By default (``colocate_critic``) each rank holds policy, reference and critic in one
+process, which on CPU is the only sensible layout (everything shares the cores) and on
+GPUs puts the three models on the same devices. Otherwise the critic gets its own W ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import numpy as np
+import ray
+from ray.util.placement_group import (
+    PlacementGroup,
+    placement_group,
+    remove_placement_group,
+)
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from workers.config import LearnerConfig
+from workers.learner.data import PPOBatch, build_ppo_batch, rank_range
+from workers.learner.worker import LearnerWorker
+from workers.types import RewardBatch, TrajectoryBatch
+
+logger = logging.getLogger(__name__)
+
+
+def _free_port() -> tuple[str, int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), int(s.getsockname()[1])
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous() -> tuple[str, int]:
+    """Address of the node hosting rank 0 and a free port there (127.0.0.1 on loopback clusters)."""
+    return _free_port()
+
+
+@ray.remote(num_cpus=0, num_returns=2)
+def _build_targets(traj: TrajectoryBatch, rewards: RewardBatch, cfg: LearnerConfig,
+                   group_size: int, n_policy: int, *parts: dict[str, np.ndarray]
+                   ) -> tuple[PPOBatch, dict[str, float]]:
+    """Concatenate the ranks' shards (in rank order) and compute the batch's targets."""
+    policy_parts, critic_parts = parts[:n_policy], parts[n_policy:] or parts[:n_policy]
+
+    def cat(key: str, ps: tuple[dict[str, np.ndarray], ...]) -> np.ndarray | None:
+        return np.concatenate([p[key] for p in ps]) if all(key in p for p in ps) else None
+
+    old = cat("old_logprobs", policy_parts)
+    assert old is not None
+    targets = build_ppo_batch(traj, rewards, cfg, old, cat("ref_logprobs", policy_parts),
+                              cat("values", critic_parts), group_size)
+    return targets, targets.stats
+
+
+class LearnerGroup:
+    """The learner's ranks: build, rendezvous, compute, update, export, checkpoint."""
+
+    def __init__(self, cfg: LearnerConfig, model_path: str, *, seed: int = 0,
+                 total_steps: int = 0, group_size: int = 1) -> None:
+        self.cfg, self.group_size = cfg, group_size
+        W = cfg.num_ranks
+        needs_critic = cfg.advantage_estimator == "gae"
+        if cfg.colocate_critic or not needs_critic:
+            roles: list[tuple[str, ...]] = [("policy", "critic") if needs_critic else ("policy",)]
+        else:
+            roles = [("policy",), ("critic",)]
+        bundle = {"CPU": cfg.num_cpus_per_rank, "GPU": cfg.num_gpus_per_rank}
+        self.pg: PlacementGroup = placement_group([dict(bundle) for _ in range(W * len(roles))],
+                                                  strategy="PACK")
+        ray.get(self.pg.ready())
+        self.sets: list[list[Any]] = [
+            self._spawn(r, model_path, seed, total_steps, offset=i * W) for i, r in enumerate(roles)]
+        self.policy_ranks = self.sets[0]
+        self.critic_ranks = self.sets[1] if len(self.sets) > 1 else []
+        for i, ranks in enumerate(self.sets):
+            addr, port = ray.get(_rendezvous.options(scheduling_strategy=self._bundle(i * W)).remote())
+            ray.get([a.init_distributed.remote(r, W, addr, port) for r, a in enumerate(ranks)])
+        logger.info("learner group ready: %d ranks x %s", W, roles)
+
+    def _bundle(self, index: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(placement_group=self.pg,
+                                                placement_group_bundle_index=index)
+
+    def _spawn(self, roles: tuple[str, ...], model_path: str, seed: int, total_steps: int,
+               offset: int) -> list[Any]:
+        cls = ray.remote(LearnerWorker)
+        return [cls.options(num_cpus=self.cfg.num_cpus_per_rank,
+                            num_gpus=self.cfg.num_gpus_per_rank,
+                            scheduling_strategy=self._bundle(offset + r)).remote(
+                    self.cfg, model_path, roles, seed, total_steps)
+                for r in range(self.cfg.num_ranks)]
+
+    @property
+    def all_ranks(self) -> list[Any]:
+        return [a for ranks in self.sets for a in ranks]
+
+    def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None
+                ) -> tuple[Any, dict[str, float]]:
+        """Log-probs, reference log-probs and values on every rank's shard, then the targets.
+
+        Returns the ``PPOBatch`` ObjectRef and the batch-level metrics.
+        """
+        if batch_size is None:
+            batch_size = len(ray.get(traj_ref))
+        W = self.cfg.num_ranks
+        parts = [a.compute.remote(traj_ref, *rank_range(batch_size, r, W))
+                 for ranks in self.sets for r, a in enumerate(ranks)]
+        targets_ref, stats_ref = _build_targets.remote(traj_ref, reward_ref, self.cfg,
+                                                       self.group_size, W, *parts)
+        return targets_ref, ray.get(stats_ref)
+
+    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None
+               ) -> dict[str, float]:
+        """One StePPO update on a rollout batch; returns its metrics (``ppo/...`` keys)."""
+        targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size)
+        results = ray.get([a.ppo_update.remote(traj_ref, targets_ref) for a in self.all_ranks])
+        metrics = dict(stats)
+        for ranks_metrics in results[::self.cfg.num_ranks]:  # rank 0 of each set
+            metrics.update(ranks_metrics)
+        return metrics
+
+    def export_weights(self) -> dict[str, Any]:
+        """Full policy state dict in Hugging Face names (every rank takes part under ZeRO-3)."""
+        refs = [a.export_weights.remote() for a in self.policy_ranks]
+        ray.wait(refs, num_returns=len(refs))
+        return ray.get(refs[0])
+
+    def save_checkpoint(self, directory: str) -> None:
+        """All ranks write their engine state; rank 0 adds the Hugging Face export."""
+        ray.get([a.save_checkpoint.remote(directory) for a in self.all_ranks])
+
+    def load_checkpoint(self, directory: str) -> None:
+        """Restore a checkpoint written by a group of the same shape."""
+        ray.get([a.load_checkpoint.remote(directory) for a in self.all_ranks])
+
+    def parameters(self, rank: int = 0, role: str = "policy") -> np.ndarray:
+        """One rank's flattened parameters (tests compare ranks; ZeRO-3 gathers on all)."""
+        ranks = self.critic_ranks if role == "critic" and self.critic_ranks else self.policy_ranks
+        refs = [a.parameters_vector.remote(role) for a in ranks]
+        return ray.get(refs)[rank]
+
+    def shutdown(self) -> None:
+        """Stop the ranks and release their placement group."""
+        for actor in self.all_ranks:
+            ray.kill(actor)
+        remove_placement_group(self.pg)

@@ -1,0 +1,87 @@
+"""Reward actors: ``RewardWorker`` replicas behind one ``RewardGroup`` (DESIGN.md 3 step 3).
+
+The group lives in the driver; the replicas are CPU Ray actors. The driver hands the
+group a ``TrajectoryBatch`` ObjectRef; every replica receives that same ref plus its
+shard index (Ray resolves the ref inside the actor, zero-copy on one node) and a tiny
+task concatenates the shards, so the driver never fetches the batch. With
+``reward.num_workers=0`` the group scores in-process with a plain ``RewardWorker``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import ray
+from ray.actor import ActorClass, ActorHandle
+
+from workers.config import RewardConfig
+from workers.reward import RewardWorker, concat_reward_batches
+from workers.types import RewardBatch, TrajectoryBatch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 1, "max_restarts": 1, "max_task_retries": 1}
+"""Reward workers are stateless, so a crashed replica can restart and redo its shard."""
+
+
+def make_reward_actor(**options: Any) -> ActorClass:
+    """``RewardActor``: ``ray.remote(**options)(RewardWorker)``, built at launch time."""
+    return ray.remote(**{**DEFAULT_ACTOR_OPTIONS, **options})(RewardWorker)
+
+
+def _concat(*parts: RewardBatch) -> RewardBatch:
+    return concat_reward_batches(parts)
+
+
+class RewardGroup:
+    """``cfg.num_workers`` reward actors scoring shards of each batch, or one in-process worker."""
+
+    def __init__(self, cfg: RewardConfig, actor_options: Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self._local: RewardWorker | None = None
+        self._actors: list[ActorHandle] = []
+        self._concat = ray.remote(num_cpus=0)(_concat)
+        if cfg.num_workers == 0:
+            self._local = RewardWorker(cfg)
+        else:
+            actor_cls = make_reward_actor(**dict(actor_options or {}))
+            self._actors = [cast(ActorHandle, actor_cls.remote(cfg)) for _ in range(cfg.num_workers)]
+        logger.info("reward group %r: %d actor(s)", cfg.name, len(self._actors))
+
+    @property
+    def num_workers(self) -> int:
+        """Number of reward actors (0 when scoring in-process)."""
+        return len(self._actors)
+
+    def score_ref(self, batch: ray.ObjectRef | TrajectoryBatch) -> ray.ObjectRef:
+        """Score ``batch`` (preferably an ObjectRef); return the ``RewardBatch``'s ObjectRef.
+
+        A malformed trajectory surfaces as ``MalformedTrajectoryError`` when the result
+        is fetched (``ray.get``), naming the sample id.
+        """
+        if self._local is not None:
+            return ray.put(self.score(batch))
+        if not self._actors:
+            raise RuntimeError("the reward group was shut down")
+        if not isinstance(batch, ray.ObjectRef):
+            batch = ray.put(batch)  # once, so the replicas share one copy
+        count = len(self._actors)
+        shards = [actor.score_shard.remote(batch, k, count) for k, actor in enumerate(self._actors)]
+        return shards[0] if count == 1 else self._concat.remote(*shards)
+
+    def score(self, batch: ray.ObjectRef | TrajectoryBatch) -> RewardBatch:
+        """Score ``batch`` and return the ``RewardBatch`` in this process."""
+        if self._local is None:
+            result: RewardBatch = ray.get(self.score_ref(batch))
+            return result
+        # In-process scoring needs the data here.
+        data: TrajectoryBatch = ray.get(batch) if isinstance(batch, ray.ObjectRef) else batch
+        return self._local.score(data)
+
+    def shutdown(self) -> None:
+        """Kill the reward actors (the in-process worker needs nothing)."""
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []

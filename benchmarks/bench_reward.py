@@ -1,0 +1,122 @@
+"""Benchmark: vectorized TF-IDF step rewards vs the per-document ``TfidfVectorizer`` definition.
+
+Runs on the CPU of the calling process (no Ray). Scores the same synthetic trajectories
+(3 searches x 3 documents, 2-4 gold documents each, some documents repeated within and
+across steps) twice in one run: with ``tfidf_cosines`` and with
+``tfidf_cosines_reference`` (one ``TfidfVectorizer()`` fit per document). Prints both
+timings (process CPU time, which other jobs on a shared machine disturb less than
+wall time; wall time is printed too), their ratio and the largest difference of the
+step rewards; fails when the scores differ (> 1e-9) or the speed-up is below
+``--min-ratio``.
+
+    python -m benchmarks.bench_reward            # 2,000 trajectories (about half a minute)
+    python benchmarks/bench_reward.py --num 200  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workers.reward import step_information_gain, tfidf_cosines, tfidf_cosines_reference
+from workers.reward.info_gain import CosineFn
+
+
+@dataclass(frozen=True)
+class Episode:
+    """The retrieval side of one synthetic trajectory."""
+
+    texts: list[list[str]]  # (steps, docs per step)
+    ids: list[list[str]]
+    gold: list[str]
+
+
+def _passage(rng: random.Random, vocab: list[str], topic: list[str]) -> str:
+    """~60-120 words: common words, topic words and some punctuation and articles."""
+    words = []
+    for _ in range(rng.randint(60, 120)):
+        roll = rng.random()
+        words.append(rng.choice(topic) if roll < 0.3 else
+                     rng.choice(("the", "a", "an", "of", "in", "is", "was")) if roll < 0.45 else
+                     rng.choice(vocab))
+    return " ".join(words).capitalize() + "."
+
+
+def make_episodes(num: int, seed: int = 0, steps: int = 3, per_step: int = 3) -> list[Episode]:
+    """Synthetic trajectories: a corpus of passages on topics, gold and retrieved documents."""
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "ni", "qu", "bra", "est"]
+    vocab = sorted({"".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(6000)})
+    topics = [rng.sample(vocab, 20) for _ in range(200)]
+    corpus = [(f"doc{i}", _passage(rng, vocab, topics[i % len(topics)])) for i in range(3000)]
+    episodes = []
+    for _ in range(num):
+        gold_docs = rng.sample(corpus, rng.randint(2, 4))
+        texts: list[list[str]] = []
+        ids: list[list[str]] = []
+        seen = list(gold_docs)
+        for _ in range(steps):
+            step = []
+            for _ in range(per_step):
+                roll = rng.random()
+                pool = gold_docs if roll < 0.3 else seen if roll < 0.4 else corpus
+                step.append(rng.choice(pool))
+            seen.extend(step)
+            texts.append([text for _, text in step])
+            ids.append([doc_id for doc_id, _ in step])
+        episodes.append(Episode(texts, ids, [text for _, text in gold_docs]))
+    return episodes
+
+
+def score_all(episodes: list[Episode], cosine_fn: CosineFn) -> tuple[float, float, list[list[float]]]:
+    """(CPU seconds, wall seconds, per-episode step rewards s_t = G_t - P_t)."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    rewards = []
+    for ep in episodes:
+        gains, penalties = step_information_gain(ep.texts, ep.gold, doc_ids=ep.ids,
+                                                 cosine_fn=cosine_fn)
+        rewards.append([g - p for g, p in zip(gains, penalties, strict=True)])
+    return time.process_time() - cpu, time.perf_counter() - wall, rewards
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num", type=int, default=2000, help="trajectories to score")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-ratio", type=float, default=20.0, help="required speed-up")
+    args = parser.parse_args(argv)
+
+    episodes = make_episodes(args.num, args.seed)
+    docs = sum(len(step) for ep in episodes for step in ep.texts)
+    golds = sum(len(ep.gold) for ep in episodes)
+    print(f"{len(episodes)} trajectories, {docs} retrieved documents, {golds} gold documents")
+    runs: dict[str, Callable] = {"vectorized": tfidf_cosines, "per-document": tfidf_cosines_reference}
+    cpu, scores = {}, {}
+    for name, fn in runs.items():
+        cpu[name], wall, scores[name] = score_all(episodes, fn)
+        per_traj_ms = 1e3 * cpu[name] / len(episodes)
+        print(f"{name:>13}: {cpu[name]:8.3f} s CPU ({per_traj_ms:.3f} ms / trajectory), "
+              f"{wall:8.3f} s wall")
+    fast = np.array(scores["vectorized"])
+    slow = np.array(scores["per-document"])
+    max_diff = float(np.abs(fast - slow).max())
+    ratio = cpu["per-document"] / cpu["vectorized"]
+    print(f"speed ratio (per-document / vectorized, CPU time): {ratio:.1f}x")
+    print(f"max |difference| of step rewards: {max_diff:.3e}  (mean step reward {fast.mean():.4f})")
+    ok = max_diff <= 1e-9 and ratio >= args.min_ratio
+    print("OK" if ok else f"FAILED: need max diff <= 1e-9 and ratio >= {args.min_ratio}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""TF-IDF cosine, information gain and redundancy penalty (DESIGN.md 4), by hand and by property."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers.reward import (
+    analyze,
+    information_gains,
+    normalize_answer,
+    redundancy_penalties,
+    step_information_gain,
+    tfidf_cosines,
+    tfidf_cosines_reference,
+)
+
+PARIS = "Paris is the capital of France"
+ROME = "Rome is in Italy."
+
+
+def idf(n_fit: int, df: int) -> float:
+    """scikit-learn's smooth idf for a fit on ``n_fit`` texts."""
+    return math.log((1 + n_fit) / (1 + df)) + 1
+
+
+def test_analyze_normalizes_then_tokenizes_like_sklearn() -> None:
+    # Articles and punctuation go first ("U.S." -> "us"), then one-letter tokens drop.
+    assert analyze("The U.S. and a b-side of X") == ["us", "and", "bside", "of"]
+
+
+def test_cosine_one_gold_by_hand() -> None:
+    # Fit on [paris, rome]: "is" has df 2 (idf 1), every other term df 1 (idf a).
+    # paris = {paris, is, capital, of, france}, rome = {rome, is, in, italy}; dot = 1.
+    a = idf(2, 1)
+    expected = 1 / math.sqrt((4 * a * a + 1) * (3 * a * a + 1))
+    assert tfidf_cosines([PARIS], [ROME])[0, 0] == pytest.approx(expected, abs=1e-12)
+    assert tfidf_cosines_reference([PARIS], [ROME])[0, 0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_cosine_idf_depends_on_the_retrieved_document() -> None:
+    # Fit on ["alpha beta", "alpha gamma", "gamma delta"]: df alpha 2, beta 1, gamma 2,
+    # delta 1. Only alpha is shared with gold 0; nothing with gold 1.
+    low, high = idf(3, 2), idf(3, 1)
+    expected = low * low / (math.sqrt(low**2 + high**2) * math.sqrt(2 * low**2))
+    cos = tfidf_cosines(["alpha beta"], ["alpha gamma", "gamma delta"])
+    np.testing.assert_allclose(cos, [[expected, 0.0]], atol=1e-12)
+
+
+def test_cosine_edge_cases() -> None:
+    assert tfidf_cosines([PARIS], [PARIS])[0, 0] == pytest.approx(1.0)
+    assert tfidf_cosines(["Berlin Germany"], [PARIS])[0, 0] == 0.0
+    # A text without terms (punctuation, one-letter words) has cosine 0, also when no
+    # text of the fit has a term (where TfidfVectorizer itself raises).
+    for docs, golds in ((["!!! a ?"], [PARIS]), ([PARIS], ["x y"]), (["a"], ["the ."])):
+        np.testing.assert_array_equal(tfidf_cosines(docs, golds), [[0.0]])
+        np.testing.assert_array_equal(tfidf_cosines_reference(docs, golds), [[0.0]])
+    assert tfidf_cosines([], [PARIS]).shape == (0, 1)
+    assert tfidf_cosines([PARIS], []).shape == (1, 0)
+
+
+def table_cosines(table: dict[str, list[float]]):
+    """A cosine function reading a fixed table, to check the gain logic by hand."""
+    def cosine_fn(docs: Sequence[str], golds: Sequence[str]) -> np.ndarray:
+        assert len(set(docs)) == len(docs), "each distinct document is scored once"
+        return np.array([table[d] for d in docs], dtype=float).reshape(len(docs), len(golds))
+    return cosine_fn
+
+
+TABLE = {"d1": [0.8, 0.1], "d2": [0.2, 0.5], "d3": [0.9, 0.4]}
+GOLD2 = ["g1", "g2"]
+
+
+def test_information_gain_hand_computed() -> None:
+    fn = table_cosines(TABLE)
+    # step 1: c = max(d1, d2) = [0.8, 0.5] -> 0.65; memory [0.8, 0.5]
+    # step 2: c = [0.9, 0.4] -> mean(0.1, 0) = 0.05; memory [0.9, 0.5]
+    # step 3: d1 again, c = [0.8, 0.1] -> 0
+    gains = information_gains([["d1", "d2"], ["d3"], ["d1"]], GOLD2, fn)
+    np.testing.assert_allclose(gains, [0.65, 0.05, 0.0], atol=1e-12)
+
+
+def test_information_gain_repeats_and_empty_steps() -> None:
+    fn = table_cosines(TABLE)
+    # The same document twice in a step counts once in the max.
+    np.testing.assert_allclose(information_gains([["d1", "d1"]], GOLD2, fn), [0.45])
+    # An empty step gains 0 and leaves the memory alone: step 3 gains mean(0.9-0.2, 0).
+    np.testing.assert_allclose(information_gains([["d2"], [], ["d3"]], GOLD2, fn),
+                               [0.35, 0.0, 0.35], atol=1e-12)
+    assert information_gains([[], []], GOLD2, fn) == [0.0, 0.0]
+    assert information_gains([["d1"]], [], fn) == [0.0]  # no gold documents
+    assert information_gains([], GOLD2, fn) == []
+
+
+def test_information_gain_real_texts_by_hand() -> None:
+    # Gold [paris, rome]; the fit for the rome document is [rome, paris, rome]: df "is" 3,
+    # rome/in/italy 2, paris/capital/of/france 1. cos(rome, paris gold) = 1 / (|rome| |paris|).
+    mid, high = idf(3, 2), idf(3, 1)
+    c = 1 / (math.sqrt(3 * mid**2 + 1) * math.sqrt(4 * high**2 + 1))
+    gains, penalties = step_information_gain([[ROME, ROME], [PARIS], [ROME]], [PARIS, ROME])
+    # step 1: c = [c, 1] -> (c + 1) / 2; step 2: c = [1, c'] -> (1 - c) / 2; step 3: 0.
+    np.testing.assert_allclose(gains, [(c + 1) / 2, (1 - c) / 2, 0.0], atol=1e-12)
+    assert penalties == [0.5, 0.0, 1.0]
+
+
+def test_redundancy_penalty_hand_computed() -> None:
+    # within a step: 1 of 3; across steps: d2 (seen) of {d2, d4}; empty step: 0;
+    # then d4 twice: both already seen.
+    assert redundancy_penalties([["d1", "d2", "d1"], ["d2", "d4"], [], ["d4", "d4"]]) == [
+        pytest.approx(1 / 3), 0.5, 0.0, 1.0]
+    assert redundancy_penalties([]) == []
+
+
+def test_redundancy_compares_ids_when_given() -> None:
+    texts = [["same text"], ["same text"], ["other text"]]
+    ids = [["a"], ["b"], ["a"]]  # same text under two ids; two texts under one id
+    _, penalties = step_information_gain(texts, [PARIS], doc_ids=ids)
+    assert penalties == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="doc_ids"):
+        step_information_gain(texts, [PARIS], doc_ids=[["a"], ["b"]])
+
+
+def test_vectorized_gain_equals_reference_gain() -> None:
+    retrieved = [[PARIS, ROME], ["Italy borders France"], [], ["Rome is the capital of Italy"]]
+    golds = ["The capital of Italy is Rome", "France borders Italy and Spain"]
+    fast = step_information_gain(retrieved, golds)
+    slow = step_information_gain(retrieved, golds, cosine_fn=tfidf_cosines_reference)
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-12)
+    assert fast[1] == slow[1]
+
+
+WORDS = ["rome", "paris", "capital", "of", "the", "a", "Italy", "FRANCE", "is", "x", "river",
+         "Seine", "tiber", "1999", "é", "naïve", "straße", "don't", "e-mail", "U.S.", "an"]
+_word_text = st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join)
+_ascii_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=40)  # fast path
+_any_text = st.text(max_size=40)
+TEXTS = st.one_of(_word_text, _word_text, _ascii_text, _any_text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=TEXTS)
+def test_analyze_equals_normalize_then_sklearn_analyzer(text: str) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    sklearn_analyzer = TfidfVectorizer().build_analyzer()
+    assert analyze(text) == sklearn_analyzer(normalize_answer(text))
+
+
+@settings(max_examples=150, deadline=None)
+@given(docs=st.lists(TEXTS, min_size=1, max_size=4), golds=st.lists(TEXTS, min_size=1, max_size=4))
+def test_vectorized_cosine_equals_tfidfvectorizer(docs: list[str], golds: list[str]) -> None:
+    fast = tfidf_cosines(docs, golds)
+    slow = tfidf_cosines_reference(docs, golds)
+    assert fast.shape == slow.shape == (len(docs), len(golds))
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6)

@@ -1,0 +1,207 @@
+"""Learner worker on one rank: inputs, log-probs, a PPO step that moves the right way.
+
+Unit tier: the plain-torch engine in-process (no DeepSpeed start-up); the DeepSpeed path
+with ranks runs in tests/integration/test_learner_actors.py. The builders here
+(``make_tiny_model``, ``make_batch``) are shared with that test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workers.config import LearnerConfig
+from workers.learner import model as mdl
+from workers.learner import ppo
+from workers.learner.data import PPOBatch, build_ppo_batch, minibatches, shard_indices
+from workers.learner.worker import LearnerWorker
+from workers.types import GroundTruth, RewardBatch, TrajectoryBatch
+
+VOCAB = 512
+
+
+def make_tiny_model(directory: Path, seed: int = 0) -> str:
+    """A 2-layer Qwen2 with seeded random weights saved with save_pretrained."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=256,
+                         head_dim=64, max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(str(directory))
+    return str(directory)
+
+
+def make_batch(B: int = 8, P: int = 6, T: int = 20, seed: int = 0
+               ) -> tuple[TrajectoryBatch, RewardBatch]:
+    """Episodes of action / observation / action segments with both paddings."""
+    rng = np.random.default_rng(seed)
+    prompt_lengths = rng.integers(2, P + 1, size=B)
+    response_lengths = rng.integers(T - 6, T + 1, size=B)
+    prompt_ids = np.zeros((B, P), np.int32)
+    response_ids = np.zeros((B, T), np.int32)
+    action_mask = np.zeros((B, T), np.int8)
+    rewards = np.zeros((B, T), np.float32)
+    for b in range(B):
+        prompt_ids[b, P - prompt_lengths[b]:] = rng.integers(1, VOCAB, prompt_lengths[b])
+        n = response_lengths[b]
+        response_ids[b, :n] = rng.integers(1, VOCAB, n)
+        action_mask[b, :4] = 1  # <search> ... </search>
+        action_mask[b, 9:n] = 1  # after an observation of 5 tokens: the answer
+        rewards[b, 3] = rng.normal() * 0.3  # step reward on </search>
+        rewards[b, n - 1] = rng.normal()  # outcome on the last action token
+    traj = TrajectoryBatch(
+        prompt_ids=prompt_ids, prompt_lengths=prompt_lengths, response_ids=response_ids,
+        response_lengths=response_lengths, action_mask=action_mask,
+        rollout_logprobs=np.zeros((B, T), np.float32), turns=((),) * B,
+        response_text=("",) * B, sample_ids=tuple(str(i) for i in range(B)),
+        ground_truth=(GroundTruth(target=("x",)),) * B, data_sources=("test",) * B,
+        policy_version=0)
+    zeros = np.zeros(B, np.float32)
+    reward = RewardBatch(token_rewards=rewards, format_ok=zeros, answer_f1=zeros,
+                         exact_match=zeros, key_score=zeros, outcome=zeros, num_searches=zeros)
+    return traj, reward
+
+
+def tiny_cfg(**overrides: object) -> LearnerConfig:
+    base = LearnerConfig(engine="torch", mini_batch_size=8, micro_batch_size=4, actor_lr=1e-3,
+                         critic_lr=1e-3)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.set_num_threads(1)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+def test_inputs_skip_both_paddings() -> None:
+    traj, _ = make_batch(B=2, P=4, T=5)
+    inputs = mdl.make_inputs(np.array([[0, 0, 7, 8], [5, 6, 7, 8]]), np.array([2, 4]),
+                             np.array([[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]]), np.array([3, 5]))
+    assert inputs.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1, 1, 0, 0],
+                                              [1, 1, 1, 1, 1, 1, 1, 1, 1]]
+    assert inputs.position_ids[0, 2:7].tolist() == [0, 1, 2, 3, 4]
+    assert inputs.position_ids[1].tolist() == list(range(9))
+    assert inputs.prompt_len == 4 and traj.response_ids.shape == (2, 5)
+
+
+def test_logprobs_match_a_manual_forward_and_ignore_padding(model_path: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    traj, _ = make_batch(B=3)
+    worker = LearnerWorker(tiny_cfg(), model_path, roles=("policy", "critic"))
+    worker.init_distributed()
+    out = worker.compute(traj)
+    assert set(out) == {"old_logprobs", "ref_logprobs", "values"}
+    np.testing.assert_allclose(out["old_logprobs"], out["ref_logprobs"], atol=1e-6)
+    assert np.all(out["values"] == 0)  # zero-initialised value head
+    # Sample 0 alone, without any padding, token by token.
+    hf = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    p, n = int(traj.prompt_lengths[0]), int(traj.response_lengths[0])
+    seq = np.concatenate([traj.prompt_ids[0, -p:], traj.response_ids[0, :n]])
+    with torch.no_grad():
+        logits = hf(torch.tensor(seq[None], dtype=torch.long)).logits[0]
+    logp = torch.log_softmax(logits[p - 1:p - 1 + n], -1)
+    manual = logp.gather(-1, torch.tensor(seq[p:], dtype=torch.long)[:, None]).squeeze(-1)
+    mask = traj.action_mask[0, :n].astype(bool)
+    np.testing.assert_allclose(out["old_logprobs"][0, :n][mask], manual.numpy()[mask], atol=1e-5)
+    assert np.all(out["old_logprobs"][0][~traj.action_mask[0].astype(bool)] == 0)
+
+
+def test_observation_tokens_get_no_gradient(model_path: str) -> None:
+    traj, _ = make_batch(B=2)
+    worker = LearnerWorker(tiny_cfg(), model_path)
+    worker.init_distributed()
+    assert worker.policy is not None
+    idx = np.arange(2)
+    inputs, response = worker._inputs(traj, idx)
+    logprobs, entropy = mdl.policy_forward(worker.policy, inputs, response, with_entropy=True)
+    assert entropy is not None
+    logprobs.retain_grad()
+    entropy.retain_grad()
+    mask = torch.from_numpy(traj.action_mask.astype(np.float32))
+    adv = torch.randn(2, traj.response_ids.shape[1])
+    loss, _ = ppo.actor_loss(logprobs, logprobs.detach(), adv, mask, entropy)
+    loss.backward()
+    assert logprobs.grad is not None and entropy.grad is not None
+    obs = mask == 0
+    assert torch.all(logprobs.grad[obs] == 0) and torch.all(entropy.grad[obs] == 0)
+    assert torch.any(logprobs.grad[~obs] != 0)
+
+
+def test_ppo_steps_with_positive_advantages_raise_action_logprobs(model_path: str) -> None:
+    traj, _ = make_batch()
+    worker = LearnerWorker(tiny_cfg(ppo_epochs=3, kl_coef=0.0), model_path)
+    worker.init_distributed()
+    before = worker.compute(traj)["old_logprobs"]
+    mask = traj.action_mask.astype(np.float32)
+    targets = PPOBatch(advantages=mask.copy(), returns=mask.copy(), old_logprobs=before,
+                       ref_logprobs=None, old_values=None, stats={})
+    params_before = worker.parameters_vector()
+    metrics = worker.ppo_update(traj, targets)
+    after = worker.compute(traj)["old_logprobs"]
+    assert not np.allclose(worker.parameters_vector(), params_before)
+    gain = ((after - before) * mask).sum() / mask.sum()
+    assert gain > 0.05, gain
+    assert metrics[ppo.POLICY_LOSS] < 0 and metrics[ppo.APPROX_KL] > 0
+
+
+def test_full_update_with_critic_and_checkpoint(model_path: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    traj, reward = make_batch()
+    cfg = tiny_cfg(mini_batch_size=4, micro_batch_size=2)
+    worker = LearnerWorker(cfg, model_path, roles=("policy", "critic"), seed=3)
+    worker.init_distributed()
+    out = worker.compute(traj)
+    targets = build_ppo_batch(traj, reward, cfg, out["old_logprobs"], out["ref_logprobs"],
+                              out["values"])
+    assert targets.old_values is not None
+    metrics = worker.ppo_update(traj, targets)
+    assert metrics[ppo.VALUE_LOSS] > 0 and "ppo/grad_norm" in metrics
+    assert not np.all(worker.compute(traj)["values"] == 0)  # the critic learned something
+    worker.save_checkpoint(str(tmp_path / "ckpt"))
+    exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ckpt" / "hf"))
+    weights = worker.export_weights()
+    for name, tensor in exported.state_dict().items():
+        torch.testing.assert_close(tensor, weights[name])
+    # A fresh worker restored from the checkpoint takes the very same next step.
+    twin = LearnerWorker(cfg, model_path, roles=("policy", "critic"), seed=3)
+    twin.init_distributed()
+    twin.load_checkpoint(str(tmp_path / "ckpt"))
+    worker.ppo_update(traj, targets)
+    twin.ppo_update(traj, targets)
+    np.testing.assert_allclose(twin.parameters_vector(), worker.parameters_vector(), atol=1e-6)
+    np.testing.assert_allclose(twin.parameters_vector("critic"),
+                               worker.parameters_vector("critic"), atol=1e-6)
+
+
+def test_minibatches_are_shared_and_split_evenly() -> None:
+    mbs = minibatches(8, 4, seed=0)
+    assert sorted(np.concatenate(mbs).tolist()) == list(range(8))
+    assert [len(m) for m in mbs] == [4, 4]
+    halves = [shard_indices(mbs[0], r, 2) for r in range(2)]
+    assert np.concatenate(halves).tolist() == mbs[0].tolist()
+    with pytest.raises(ValueError):
+        minibatches(8, 3, seed=0)
+
+
+def test_grpo_update_without_critic(model_path: str) -> None:
+    traj, reward = make_batch()
+    cfg = tiny_cfg(advantage_estimator="grpo", kl_coef=0.0)
+    worker = LearnerWorker(cfg, model_path, roles=("policy",))
+    worker.init_distributed()
+    out = worker.compute(traj)
+    assert set(out) == {"old_logprobs"}
+    targets = build_ppo_batch(traj, reward, cfg, out["old_logprobs"], None, None, group_size=2)
+    assert targets.old_values is None
+    # Each pair of samples has advantages +a and -a on its action tokens.
+    first = targets.advantages[:, 0]
+    np.testing.assert_allclose(first[0::2], -first[1::2], atol=1e-5)
+    metrics = worker.ppo_update(traj, targets)
+    assert ppo.VALUE_LOSS not in metrics and np.isfinite(metrics[ppo.POLICY_LOSS])

@@ -1,0 +1,299 @@
+"""Learner ranks as plain classes: policy (+ frozen reference) and critic, Ray-free.
+
+Each instance is one data-parallel rank, run inside a Ray actor by
+``actors.learner.LearnerGroup`` (or in-process for one rank). Call ``init_distributed``
+first (it joins the process group and builds the engines), then per rollout batch:
+``compute`` on the rank's shard -> the whole batch's ``PPOBatch`` (built once, see
+``data.build_ppo_batch``) -> ``ppo_update`` on every rank.
+CPU or GPU; on CPU DeepSpeed's CPU accelerator over gloo.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from workers.config import LearnerConfig
+from workers.learner import engine as eng
+from workers.learner import model as mdl
+from workers.learner import ppo
+from workers.learner.data import PPOBatch, minibatches, rank_range, shard_indices
+from workers.types import TrajectoryBatch
+
+logger = logging.getLogger(__name__)
+
+GRAD_NORM = "ppo/grad_norm"
+CRITIC_GRAD_NORM = "ppo/critic_grad_norm"
+LR = "ppo/lr"
+_SUMMED = (ppo.POLICY_LOSS, ppo.VALUE_LOSS, ppo.APPROX_KL, ppo.CLIPFRAC, ppo.VALUE_CLIPFRAC,
+           ppo.ENTROPY, ppo.KL_LOSS)
+"""Update metrics that are token means over the global mini-batch: ranks add them up."""
+
+
+class LearnerWorker:
+    """One rank holding the policy with its reference and/or the critic (``roles``)."""
+
+    def __init__(self, cfg: LearnerConfig, model_path: str, roles: Sequence[str] = ("policy",),
+                 seed: int = 0, total_steps: int = 0) -> None:
+        unknown = set(roles) - {"policy", "critic"}
+        if unknown or not roles:
+            raise ValueError(f"roles must be policy and/or critic, got {list(roles)}")
+        self.cfg, self.model_path, self.roles = cfg, model_path, tuple(roles)
+        self.seed, self.total_steps = seed, total_steps
+        self.rank, self.world_size = 0, 1
+        self.policy: eng.TrainEngine | None = None
+        self.ref: eng.DeepSpeedInference | None = None
+        self.critic: eng.TrainEngine | None = None
+        self.updates = 0
+        self.device = torch.device("cuda" if eng.uses_cuda() else "cpu")
+
+    # ------------------------------------------------------------------ setup
+
+    def init_distributed(self, rank: int = 0, world_size: int = 1,
+                         master_addr: str = "127.0.0.1", master_port: int = 29500) -> None:
+        """Join the process group (rank 0 is the rendezvous) and build the engines."""
+        self.rank, self.world_size = rank, world_size
+        if self.cfg.engine == "deepspeed":
+            eng.init_distributed(rank, world_size, master_addr, master_port)
+        elif world_size != 1:
+            raise ValueError("learner.engine=torch runs one rank; use deepspeed for more")
+        self._seed_all(self.seed)
+        dtype = torch.float32  # master weights; DeepSpeed casts to bf16 on GPUs itself
+        gc, trc = self.cfg.gradient_checkpointing, False
+        if "policy" in self.roles:
+            module = mdl.load_causal_lm(self.model_path, dtype, gc, trc)
+            self.policy = eng.build_engine(module, self.cfg, self.cfg.actor_lr, world_size,
+                                           self.total_steps)
+            if self._needs_ref():
+                ref = mdl.load_reference(self.model_path, eng.train_dtype(self.cfg), trc)
+                self.ref = eng.DeepSpeedInference(ref, self.cfg, world_size)
+        if "critic" in self.roles:
+            critic = mdl.load_critic(self.model_path, dtype, gc, trc)
+            self.critic = eng.build_engine(critic, self.cfg, self.cfg.critic_lr, world_size,
+                                           self.total_steps)
+        logger.info("learner rank %d/%d ready (%s, %s, ZeRO-%d)", rank, world_size,
+                    "+".join(self.roles), self.cfg.engine, self.cfg.zero_stage)
+
+    def _needs_ref(self) -> bool:
+        return self.cfg.kl_coef > 0
+
+    @staticmethod
+    def _seed_all(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    # ------------------------------------------------------------------ forward-only passes
+
+    def _inputs(self, batch: TrajectoryBatch, idx: np.ndarray) -> tuple[mdl.ModelInputs, Tensor]:
+        inputs = mdl.make_inputs(batch.prompt_ids[idx], batch.prompt_lengths[idx],
+                                 batch.response_ids[idx], batch.response_lengths[idx], self.device)
+        response = torch.from_numpy(batch.response_ids[idx].astype(np.int64)).to(self.device)
+        return inputs, response  # (b, P+T) inputs, (b, T) response
+
+    def _micro_chunks(self, idx: np.ndarray) -> list[np.ndarray]:
+        size = self.cfg.micro_batch_size
+        return [idx[i:i + size] for i in range(0, len(idx), size)]
+
+    @torch.no_grad()
+    def compute(self, batch: TrajectoryBatch, lo: int | None = None, hi: int | None = None
+                ) -> dict[str, np.ndarray]:
+        """old_logprobs, ref_logprobs and/or values (each (hi-lo, T) float32) of a shard.
+
+        Defaults to this rank's contiguous share of the batch. Under ZeRO-3 every rank
+        must call this with shards of the same size (the forward passes gather weights).
+        """
+        if lo is None or hi is None:
+            lo, hi = rank_range(len(batch), self.rank, self.world_size)
+        out: dict[str, list[Tensor]] = {}
+        for chunk in self._micro_chunks(np.arange(lo, hi)):
+            inputs, response = self._inputs(batch, chunk)
+            if self.policy is not None:
+                self.policy.module.eval()
+                logp, _ = mdl.policy_forward(self.policy, inputs, response)
+                out.setdefault("old_logprobs", []).append(logp)
+            if self.ref is not None:
+                ref_logp, _ = mdl.policy_forward(self.ref, inputs, response)
+                out.setdefault("ref_logprobs", []).append(ref_logp)
+            if self.critic is not None:
+                self.critic.module.eval()
+                out.setdefault("values", []).append(mdl.critic_forward(self.critic, inputs,
+                                                                       response.shape[1]))
+        mask = torch.from_numpy(batch.action_mask[lo:hi].astype(np.float32))
+        return {k: (torch.cat(v).cpu() * mask).numpy() for k, v in out.items()}
+
+    def compute_logprobs(self, batch: TrajectoryBatch, lo: int | None = None,
+                         hi: int | None = None) -> dict[str, np.ndarray]:
+        """old_logprobs and ref_logprobs of a shard (policy ranks)."""
+        return {k: v for k, v in self.compute(batch, lo, hi).items() if k != "values"}
+
+    def compute_values(self, batch: TrajectoryBatch, lo: int | None = None,
+                       hi: int | None = None) -> np.ndarray:
+        """Critic values of a shard (critic ranks).  # (hi-lo, T)"""
+        return self.compute(batch, lo, hi)["values"]
+
+    # ------------------------------------------------------------------ PPO update
+
+    def ppo_update(self, batch: TrajectoryBatch, targets: PPOBatch) -> dict[str, float]:
+        """``ppo_epochs`` passes over the batch, one optimizer step per mini-batch.
+
+        Every rank takes its share of each mini-batch; losses are token means over the
+        whole mini-batch's action tokens, so the step does not depend on the rank count.
+        Returns update metrics averaged over mini-batches (token means summed over ranks).
+        """
+        totals: dict[str, float] = {}
+        steps = 0
+        for epoch in range(self.cfg.ppo_epochs):
+            order_seed = self.seed * 1_000_003 + self.updates * 1_009 + epoch
+            for mb in minibatches(len(batch), self.cfg.mini_batch_size, order_seed):
+                num_tokens = float(batch.action_mask[mb].sum())
+                mine = shard_indices(mb, self.rank, self.world_size)
+                for key, value in self._minibatch_step(batch, targets, mine, num_tokens).items():
+                    totals[key] = totals.get(key, 0.0) + value
+                steps += 1
+        self.updates += 1
+        metrics = {k: v / max(steps, 1) for k, v in totals.items()}
+        return self._reduce_over_ranks(metrics)
+
+    def _minibatch_step(self, batch: TrajectoryBatch, targets: PPOBatch, idx: np.ndarray,
+                        num_tokens: float) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        n = max(num_tokens, 1.0)
+        for chunk in self._micro_chunks(idx):
+            inputs, response = self._inputs(batch, chunk)
+            mask = torch.from_numpy(batch.action_mask[chunk].astype(np.float32)).to(self.device)
+            parts: dict[str, Tensor] = {}
+            if self.policy is not None:
+                parts.update(self._policy_micro_step(inputs, response, mask, targets, chunk, n))
+            if self.critic is not None and targets.old_values is not None:
+                self.critic.module.train()
+                values = mdl.critic_forward(self.critic, inputs, response.shape[1])  # (b, T)
+                v_loss, v_clip = ppo.value_loss(values, self._take(targets.old_values, chunk),
+                                                self._take(targets.returns, chunk),
+                                                mask, self.cfg.value_clip, n)
+                self.critic.backward(v_loss)
+                self.critic.step()
+                parts[ppo.VALUE_LOSS], parts[ppo.VALUE_CLIPFRAC] = v_loss.detach(), v_clip
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        if self.policy is not None:
+            sums[GRAD_NORM], sums[LR] = self.policy.grad_norm(), self.policy.lr()
+        if self.critic is not None:
+            sums[CRITIC_GRAD_NORM] = self.critic.grad_norm()
+        return sums
+
+    def _policy_micro_step(self, inputs: mdl.ModelInputs, response: Tensor, mask: Tensor,
+                           targets: PPOBatch, chunk: np.ndarray, n: float) -> dict[str, Tensor]:
+        assert self.policy is not None
+        self.policy.module.train()
+        logprobs, entropy = mdl.policy_forward(self.policy, inputs, response, with_entropy=True)
+        assert entropy is not None
+        ref = None if targets.ref_logprobs is None else self._take(targets.ref_logprobs, chunk)
+        loss, parts = ppo.actor_loss(
+            logprobs, self._take(targets.old_logprobs, chunk),
+            self._take(targets.advantages, chunk), mask, entropy,
+            clip_ratio=self.cfg.clip_ratio, dual_clip=self.cfg.dual_clip,
+            entropy_coef=self.cfg.entropy_coef, ref_logprobs=ref,
+            kl_loss_coef=self.cfg.kl_coef if self.cfg.use_kl_loss else 0.0, num_tokens=n)
+        self.policy.backward(loss)
+        self.policy.step()
+        return parts
+
+    def _take(self, rows: np.ndarray, chunk: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(rows[chunk])).to(self.device)
+
+    def _reduce_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            return metrics
+        keys = sorted(k for k in metrics if k in _SUMMED)
+        summed = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(summed)
+        return {**metrics, **dict(zip(keys, summed.tolist(), strict=True))}
+
+    # ------------------------------------------------------------------ weights and checkpoints
+
+    def export_weights(self) -> dict[str, Tensor]:
+        """The full policy state dict under Hugging Face names (ZeRO-3: all ranks call)."""
+        if self.policy is None:
+            raise RuntimeError("export_weights needs the policy role")
+        return self.policy.full_state_dict()
+
+    def critic_state(self) -> dict[str, Tensor]:
+        """The full critic state dict (backbone + value head)."""
+        if self.critic is None:
+            raise RuntimeError("critic_state needs the critic role")
+        return self.critic.full_state_dict()
+
+    def save_checkpoint(self, directory: str) -> None:
+        """Engines (model, optimizer, scheduler), per-rank RNG state, and on rank 0 a
+        Hugging Face export of the policy under ``directory/hf``. All ranks call."""
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        if self.policy is not None:
+            self.policy.save(str(root / "policy"))
+            weights = self.export_weights()
+            if self.rank == 0:
+                self._save_hf(root / "hf", weights)
+        if self.critic is not None:
+            self.critic.save(str(root / "critic"))
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(),
+               "torch": torch.get_rng_state(), "updates": self.updates}
+        torch.save(rng, root / self._rng_file())
+
+    def load_checkpoint(self, directory: str) -> None:
+        """Restore what ``save_checkpoint`` wrote (same rank count)."""
+        root = Path(directory)
+        if self.policy is not None:
+            self.policy.load(str(root / "policy"))
+        if self.critic is not None:
+            self.critic.load(str(root / "critic"))
+        rng = torch.load(root / self._rng_file(), weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.updates = int(rng["updates"])
+
+    def _rng_file(self) -> str:
+        return f"rng_{'_'.join(self.roles)}_rank{self.rank}.pt"
+
+    def _save_hf(self, out: Path, weights: dict[str, Tensor]) -> None:
+        assert self.policy is not None
+        hf_model: Any = self.policy.module
+        hf_model.save_pretrained(str(out), state_dict=weights)
+        # Tokenizer and generation files travel with the weights (vLLM loads the folder).
+        for src in Path(self.model_path).iterdir():
+            if src.is_file() and not (out / src.name).exists() and not _is_weight_file(src.name):
+                shutil.copy2(src, out / src.name)
+
+    def parameters_vector(self, role: str = "policy") -> np.ndarray:
+        """All parameters of one model, flattened in name order (tests compare ranks)."""
+        state = self.export_weights() if role == "policy" else self.critic_state()
+        return torch.cat([state[k].float().flatten() for k in sorted(state)]).numpy()
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.endswith((".safetensors", ".bin", ".pt", ".index.json"))
+
+
+class PolicyWorker(LearnerWorker):
+    """A rank of the policy and its frozen reference."""
+
+    def __init__(self, cfg: LearnerConfig, model_path: str, seed: int = 0,
+                 total_steps: int = 0) -> None:
+        super().__init__(cfg, model_path, ("policy",), seed, total_steps)
+
+
+class CriticWorker(LearnerWorker):
+    """A rank of the critic."""
+
+    def __init__(self, cfg: LearnerConfig, model_path: str, seed: int = 0,
+                 total_steps: int = 0) -> None:
+        super().__init__(cfg, model_path, ("critic",), seed, total_steps)

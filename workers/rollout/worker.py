@@ -1,0 +1,126 @@
+"""RolloutWorker: one generation engine plus the agent loop, producing ``TrajectoryBatch``es.
+
+Runs inside a ``RolloutActor`` (actors/rollout.py) or in the driver when
+``rollout.num_workers=0``. Ray-free: the retriever is any ``search(queries, topk)``
+callable, which the actor wires to the retrieval service.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from workers.config import RolloutConfig
+from workers.data.rows import QARow
+from workers.rollout.agent_loop import AgentLoop, Episode, LoopSettings, SearchFn
+from workers.rollout.engines import SamplingSettings, make_engine
+from workers.types import TrajectoryBatch
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_TOKENS_PER_S = "rollout/tokens_per_s"
+ROLLOUT_SEARCHES = "rollout/searches"
+ROLLOUT_SEARCH_WAIT_FRACTION = "rollout/search_wait_fraction"
+
+
+def pack_episodes(episodes: Sequence[Episode], rows: Sequence[QARow], sample_ids: Sequence[str],
+                  texts: Sequence[str], pad_id: int, policy_version: int) -> TrajectoryBatch:
+    """Columnar numpy batch: prompts left-padded, responses right-padded."""
+    b = len(episodes)
+    p = max(len(e.prompt_ids) for e in episodes)
+    t = max(1, max(len(e.response_ids) for e in episodes))
+    prompt_ids = np.full((b, p), pad_id, dtype=np.int32)
+    response_ids = np.full((b, t), pad_id, dtype=np.int32)
+    action_mask = np.zeros((b, t), dtype=np.int8)
+    logprobs = np.zeros((b, t), dtype=np.float32)
+    for i, e in enumerate(episodes):
+        prompt_ids[i, p - len(e.prompt_ids):] = e.prompt_ids
+        n = len(e.response_ids)
+        response_ids[i, :n] = e.response_ids
+        action_mask[i, :n] = e.action_mask
+        logprobs[i, :n] = e.logprobs
+    return TrajectoryBatch(
+        prompt_ids=prompt_ids, prompt_lengths=np.array([len(e.prompt_ids) for e in episodes], np.int32),
+        response_ids=response_ids, response_lengths=np.array([len(e.response_ids) for e in episodes], np.int32),
+        action_mask=action_mask, rollout_logprobs=logprobs,
+        turns=tuple(tuple(e.turns) for e in episodes), response_text=tuple(texts),
+        sample_ids=tuple(sample_ids), ground_truth=tuple(r.ground_truth for r in rows),
+        data_sources=tuple(r.data_source for r in rows), policy_version=policy_version, pad_id=pad_id)
+
+
+class RolloutWorker:
+    """Owns one engine; turns dataset rows into trajectories."""
+
+    def __init__(self, cfg: RolloutConfig, model_path: str, search: SearchFn, *, topk: int = 3,
+                 dtype: str = "auto", trust_remote_code: bool = False) -> None:
+        self.cfg = cfg
+        max_len = cfg.max_prompt_tokens + cfg.max_response_tokens
+        self.engine = make_engine(cfg.engine, model_path, dtype=dtype, seed=cfg.seed,
+                                  gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                  kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel_size,
+                                  max_model_len=max_len, trust_remote_code=trust_remote_code)
+        self.tokenizer: Any = self.engine.tokenizer  # type: ignore[attr-defined]
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                          else self.tokenizer.eos_token_id)
+        self.search_seconds = 0.0
+        self.loop = AgentLoop(self.engine, self.tokenizer, self._timed(search),
+                              LoopSettings.from_config(cfg, topk))
+        self.policy_version = 0
+        self.last_metrics: dict[str, float] = {}
+
+    def _timed(self, search: SearchFn) -> SearchFn:
+        def timed(queries: list[str], topk: int) -> list[list[Any]]:
+            started = time.perf_counter()
+            try:
+                return search(queries, topk)
+            finally:
+                self.search_seconds += time.perf_counter() - started
+        return timed
+
+    def encode_prompt(self, row: QARow) -> list[int]:
+        """Chat-template the row's prompt; refuse prompts over ``max_prompt_tokens``."""
+        ids = self.tokenizer.apply_chat_template(list(row.prompt), add_generation_prompt=True, tokenize=True)
+        ids = list(getattr(ids, "input_ids", ids) if not isinstance(ids, Mapping) else ids["input_ids"])
+        if len(ids) > self.cfg.max_prompt_tokens:
+            raise ValueError(f"sample {row.id}: prompt has {len(ids)} tokens, more than "
+                             f"rollout.max_prompt_tokens={self.cfg.max_prompt_tokens}")
+        return [int(i) for i in ids]
+
+    def rollout(self, rows: Sequence[QARow], *, greedy: bool = False, seed: int | None = None,
+                n_samples: int | None = None) -> TrajectoryBatch:
+        """Sample ``n_samples`` episodes per row (greedy: one, temperature 0)."""
+        n = 1 if greedy else (n_samples or self.cfg.n_samples)
+        expanded = [row for row in rows for _ in range(n)]
+        sample_ids = [f"{row.id}#{k}" for row in rows for k in range(n)]
+        prompts = [self.encode_prompt(row) for row in expanded]
+        sampling = SamplingSettings(max_tokens=self.cfg.max_action_tokens,
+                                    temperature=0.0 if greedy else self.cfg.temperature,
+                                    top_p=1.0 if greedy else self.cfg.top_p,
+                                    seed=self.cfg.seed if seed is None else seed)
+        self.search_seconds = 0.0
+        started = time.perf_counter()
+        episodes = self.loop.run(prompts, sampling)
+        elapsed = time.perf_counter() - started
+        texts = [str(self.tokenizer.decode(e.response_ids)) for e in episodes]
+        generated = sum(sum(e.action_mask) for e in episodes)
+        self.last_metrics = {
+            ROLLOUT_TOKENS_PER_S: generated / max(elapsed, 1e-9),
+            ROLLOUT_SEARCHES: float(sum(e.searches for e in episodes)),
+            ROLLOUT_SEARCH_WAIT_FRACTION: self.search_seconds / max(elapsed, 1e-9),
+        }
+        return pack_episodes(episodes, expanded, sample_ids, texts, self.pad_id, self.policy_version)
+
+    def update_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]], version: int) -> int:
+        """Load new policy weights in place and adopt ``version``; returns it."""
+        items = weights.items() if isinstance(weights, Mapping) else weights
+        self.engine.update_weights(items)
+        self.policy_version = version
+        return version
+
+    def metrics(self) -> dict[str, float]:
+        """Metrics of the last rollout call."""
+        return dict(self.last_metrics)
