@@ -42,6 +42,14 @@ def init_ray(cfg: ClusterConfig, **kwargs: Any) -> dict[str, Any]:
         ray.init(address=address, **options)
     else:
         env_vars = loopback_env() if cfg.loopback else {}
+        if cfg.loopback:
+            # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is first imported
+            # (ray_constants.ENABLE_RAY_CLUSTER). Entry points export it before that; when ray
+            # was imported earlier, set the value it would have read so the node binds to
+            # 127.0.0.1 (DESIGN.md 5). Workers inherit the variable from the environment.
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
         runtime_env = dict(options.pop("runtime_env", None) or {})
         runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
         ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False,

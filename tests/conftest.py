@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports ray or vllm: local clusters and engines bind to 127.0.0.1 (DESIGN.md 5).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+
 from collections.abc import Iterator
 from pathlib import Path
 

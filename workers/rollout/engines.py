@@ -54,6 +54,10 @@ class GenerationEngine(Protocol):
         """Load new policy weights in place (Hugging Face parameter names)."""
         ...
 
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-prob of every token after the first under the current weights."""
+        ...
+
 
 class VLLMEngine:
     """vLLM's offline ``LLM`` engine. On CPU the KV cache is sized by ``kv_cache_gib``."""
@@ -205,6 +209,18 @@ class HFEngine:
             keep = torch.cumsum(sorted_p, 0) - sorted_p < settings.top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-prob of every token after the first (one forward pass per sequence)."""
+        import torch
+
+        scores = []
+        with torch.no_grad():
+            for seq in sequences:
+                ids = torch.tensor([list(seq)], device=self.device)
+                logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+                scores.append(logprobs.gather(1, ids[0, 1:, None])[:, 0].tolist())
+        return scores
 
     def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         self.model.load_state_dict(dict(weights), strict=False)

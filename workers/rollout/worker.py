@@ -52,6 +52,38 @@ def pack_episodes(episodes: Sequence[Episode], rows: Sequence[QARow], sample_ids
         data_sources=tuple(r.data_source for r in rows), policy_version=policy_version, pad_id=pad_id)
 
 
+def concat_trajectories(batches: Sequence[TrajectoryBatch]) -> TrajectoryBatch:
+    """One batch from several (re-padded); all must share ``pad_id`` and ``policy_version``."""
+    if not batches:
+        raise ValueError("no trajectory batches to concatenate")
+    first = batches[0]
+    if any(b.pad_id != first.pad_id or b.policy_version != first.policy_version for b in batches):
+        raise ValueError("trajectory batches differ in pad_id or policy_version")
+    p = max(b.prompt_ids.shape[1] for b in batches)
+    t = max(b.response_ids.shape[1] for b in batches)
+
+    def pad(arrays: list[np.ndarray], width: int, left: bool, fill: float) -> np.ndarray:
+        out = []
+        for a in arrays:
+            extra = np.full((a.shape[0], width - a.shape[1]), fill, dtype=a.dtype)
+            out.append(np.concatenate([extra, a] if left else [a, extra], axis=1))
+        return np.concatenate(out)
+
+    return TrajectoryBatch(
+        prompt_ids=pad([b.prompt_ids for b in batches], p, True, first.pad_id),
+        prompt_lengths=np.concatenate([b.prompt_lengths for b in batches]),
+        response_ids=pad([b.response_ids for b in batches], t, False, first.pad_id),
+        response_lengths=np.concatenate([b.response_lengths for b in batches]),
+        action_mask=pad([b.action_mask for b in batches], t, False, 0),
+        rollout_logprobs=pad([b.rollout_logprobs for b in batches], t, False, 0.0),
+        turns=tuple(x for b in batches for x in b.turns),
+        response_text=tuple(x for b in batches for x in b.response_text),
+        sample_ids=tuple(x for b in batches for x in b.sample_ids),
+        ground_truth=tuple(x for b in batches for x in b.ground_truth),
+        data_sources=tuple(x for b in batches for x in b.data_sources),
+        policy_version=first.policy_version, pad_id=first.pad_id)
+
+
 class RolloutWorker:
     """Owns one engine; turns dataset rows into trajectories."""
 
@@ -120,6 +152,10 @@ class RolloutWorker:
         self.engine.update_weights(items)
         self.policy_version = version
         return version
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The engine's log-probs of fixed token sequences (checks weight sync)."""
+        return self.engine.score(sequences)
 
     def metrics(self) -> dict[str, float]:
         """Metrics of the last rollout call."""

