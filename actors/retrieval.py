@@ -1,0 +1,176 @@
+"""Retrieval on Ray: ``RetrievalActor`` hosts one retriever; ``RetrievalGroup`` fronts N of them.
+
+``RetrievalActor`` runs in its own Ray actor process (CPU, or GPUs holding the sharded
+index); it is an async actor, so concurrent callers (rollout workers, the driver) land on
+one event loop where ``BatchingSearcher`` coalesces them into encoder batches and caches
+results. ``RetrievalGroup`` lives in the driver and is passed to rollout actors: its
+``search`` splits a batch over the replicas by a stable hash of each query (so a repeated
+query always meets the cache that has it) and reassembles the results in order. With
+``num_replicas=0`` it searches in-process without Ray (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from retrieval_service.batching import BatchingSearcher, SearchStats, normalize_query
+from retrieval_service.retriever import Retriever, build_retriever, check_search_args
+from workers.config import RetrievalConfig
+from workers.types import Document
+
+logger = logging.getLogger(__name__)
+
+_MAX_RESTARTS = 2
+"""A crashed replica is restarted (index reloaded) this often; searches are idempotent, so
+calls in flight are retried on the restarted replica."""
+
+
+class RetrievalActor:
+    """One retriever behind a batching, caching front; wrapped with ``ray.remote`` at launch."""
+
+    def __init__(self, cfg: RetrievalConfig, device: str = "auto") -> None:
+        self._retriever: Retriever = build_retriever(cfg, device)
+        self._default_topk = cfg.topk
+        self._searcher = BatchingSearcher(
+            self._retriever.search, num_passages=self._retriever.num_passages,
+            max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_batch_wait_ms,
+            cache_size=cfg.cache_size)
+
+    async def search(self, queries: list[str], topk: int | None = None) -> list[list[Document]]:
+        """Top-k documents per query (``topk`` None: the configured default)."""
+        return await self._searcher.search(queries, self._default_topk if topk is None else topk)
+
+    def info(self) -> dict[str, Any]:
+        return self._retriever.info()
+
+    def stats(self) -> SearchStats:
+        return self._searcher.stats()
+
+    def metrics(self) -> dict[str, float]:
+        return self._searcher.metrics()
+
+    def clear_cache(self) -> None:
+        self._searcher.clear_cache()
+
+    def reset_stats(self) -> None:
+        self._searcher.reset_stats()
+
+    def cpu_seconds(self) -> float:
+        """CPU time this replica's process has used (benchmarks, capacity planning)."""
+        return time.process_time()
+
+
+def _replica_of(query: str, num_replicas: int) -> int:
+    """Stable across processes (``hash`` is salted per process, crc32 is not)."""
+    return zlib.crc32(normalize_query(query).encode("utf-8")) % num_replicas
+
+
+class RetrievalGroup:
+    """N ``RetrievalActor`` replicas behind one ``search``; picklable when N > 0."""
+
+    def __init__(self, cfg: RetrievalConfig, device: str = "auto", num_replicas: int | None = None,
+                 name_prefix: str | None = None) -> None:
+        self.num_replicas = cfg.num_replicas if num_replicas is None else num_replicas
+        self.default_topk = cfg.topk
+        self._local: Retriever | None = None
+        self._actors: list[Any] = []
+        if self.num_replicas == 0:
+            self._local = build_retriever(cfg, device)
+            return
+        remote_cls = ray.remote(RetrievalActor)
+        for i in range(self.num_replicas):
+            options: dict[str, Any] = {
+                "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                "max_restarts": _MAX_RESTARTS, "max_task_retries": _MAX_RESTARTS,
+                "max_concurrency": max(1000, 4 * cfg.max_batch_size)}
+            if name_prefix:
+                options["name"] = f"{name_prefix}-{i}"
+            self._actors.append(remote_cls.options(**options).remote(cfg, device))
+
+    @classmethod
+    def from_actors(cls, actors: Sequence[Any], default_topk: int = 3) -> RetrievalGroup:
+        """A group over existing actor handles (e.g. looked up by name)."""
+        group = cls.__new__(cls)
+        group.num_replicas, group.default_topk = len(actors), default_topk
+        group._local, group._actors = None, list(actors)
+        return group
+
+    @property
+    def actors(self) -> list[Any]:
+        return list(self._actors)
+
+    def wait_ready(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Block until every replica has loaded its index; return their ``info``."""
+        if self._local is not None:
+            return [self._local.info()]
+        return ray.get([a.info.remote() for a in self._actors], timeout=timeout)
+
+    def search_refs(self, queries: Sequence[str], topk: int | None = None) -> list[tuple[list[int], Any]]:
+        """Submit without waiting: ``(positions in queries, ObjectRef of their results)`` per replica."""
+        assert self._actors, "search_refs needs Ray replicas (num_replicas > 0)"
+        k = self.default_topk if topk is None else topk
+        # Check here so errors name positions in the caller's list; replicas check topk bounds.
+        check_search_args(queries, k, sys.maxsize)
+        if len(self._actors) == 1:
+            return [(list(range(len(queries))), self._actors[0].search.remote(list(queries), k))]
+        parts: dict[int, list[int]] = {}
+        for pos, query in enumerate(queries):
+            parts.setdefault(_replica_of(query, len(self._actors)), []).append(pos)
+        return [(positions, self._actors[r].search.remote([queries[p] for p in positions], k))
+                for r, positions in parts.items()]
+
+    @staticmethod
+    def _assemble(n: int, parts: list[tuple[list[int], list[list[Document]]]]) -> list[list[Document]]:
+        out: list[list[Document]] = [[] for _ in range(n)]
+        for positions, results in parts:
+            for pos, docs in zip(positions, results, strict=True):
+                out[pos] = docs
+        return out
+
+    def search(self, queries: Sequence[str], topk: int | None = None) -> list[list[Document]]:
+        """Top-k documents per query, blocking. Bad input raises ``SearchInputError``."""
+        if self._local is not None:
+            return self._local.search(queries, self.default_topk if topk is None else topk)
+        if not queries:
+            return []
+        refs = self.search_refs(queries, topk)
+        results = ray.get([ref for _, ref in refs])
+        return self._assemble(len(queries), [(pos, res) for (pos, _), res in zip(refs, results, strict=True)])
+
+    async def search_async(self, queries: Sequence[str], topk: int | None = None) -> list[list[Document]]:
+        """``search`` for asyncio callers (awaits the ObjectRefs instead of blocking)."""
+        if self._local is not None or not queries:
+            return self.search(queries, topk)
+        refs = self.search_refs(queries, topk)
+        results = await asyncio.gather(*(ref for _, ref in refs))
+        return self._assemble(len(queries), [(pos, res) for (pos, _), res in zip(refs, results, strict=True)])
+
+    def stats(self) -> SearchStats:
+        """Counters of all replicas merged."""
+        if self._local is not None:
+            return SearchStats()
+        return SearchStats.merge(ray.get([a.stats.remote() for a in self._actors]))
+
+    def metrics(self) -> dict[str, float]:
+        """``retrieval/...`` metrics over all replicas (counters summed, latency samples pooled)."""
+        return self.stats().metrics()
+
+    def clear_cache(self) -> None:
+        ray.get([a.clear_cache.remote() for a in self._actors])
+
+    def reset_stats(self) -> None:
+        ray.get([a.reset_stats.remote() for a in self._actors])
+
+    def shutdown(self) -> None:
+        """Kill the replicas (only the group that created them should call this)."""
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
