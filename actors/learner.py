@@ -137,6 +137,12 @@ class LearnerGroup:
         ray.wait(refs, num_returns=len(refs))
         return ray.get(refs[0])
 
+    def export_weights_ref(self) -> Any:
+        """ObjectRef of the full policy state dict, for the rollout workers (the driver never fetches it)."""
+        refs = [a.export_weights.remote() for a in self.policy_ranks]
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        return refs[0]
+
     def save_checkpoint(self, directory: str) -> None:
         """All ranks write their engine state; rank 0 adds the Hugging Face export."""
         ray.get([a.save_checkpoint.remote(directory) for a in self.all_ranks])

@@ -90,7 +90,8 @@ class RolloutGroup:
         if cfg.num_workers == 0:
             self._local = RolloutWorker(*args, **kwargs)  # type: ignore[arg-type]
             return
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.kv_cache_gib)))}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.kv_cache_gib))),
+               "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
         for key in ("VLLM_HOST_IP", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
             if key in os.environ:
                 env[key] = os.environ[key]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
@@ -25,6 +25,28 @@ def setup_logging(level: int = logging.INFO) -> None:
     """One-line log records on stderr, the same for every tool."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def split_tool_args(argv: Sequence[str], names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """Separate a tool's own top-level ``name=value`` arguments from the Hydra overrides.
+
+    Only the given ``names`` are taken (the last occurrence wins; the value keeps any
+    further ``=``); everything else, unknown ``key=value`` pairs included, stays in the
+    overrides in order, so Hydra still reports a mistyped key.
+
+    >>> split_tool_args(["checkpoint=ckpt", "rollout.engine=hf", "question=a=b?"], ["checkpoint", "question"])
+    ({'checkpoint': 'ckpt', 'question': 'a=b?'}, ['rollout.engine=hf'])
+    """
+    wanted = set(names)
+    tool_args: dict[str, str] = {}
+    overrides: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in wanted:
+            tool_args[key] = value
+        else:
+            overrides.append(arg)
+    return tool_args, overrides
 
 
 def run_tool(main: Callable[[Config], int | None], argv: Sequence[str] | None = None,

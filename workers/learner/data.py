@@ -63,7 +63,7 @@ KL_REF = "ppo/kl_ref"
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(a, dtype=np.float32))
+    return torch.from_numpy(np.array(a, dtype=np.float32))  # a copy: object-store arrays are read-only
 
 
 def minibatches(batch_size: int, mini_batch_size: int, seed: int, shuffle: bool = True

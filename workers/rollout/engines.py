@@ -72,7 +72,7 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, dtype=cast(Any, dtype), seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, use_tqdm_on_load=False)
         self.tokenizer = self.llm.get_tokenizer()
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))

@@ -1,0 +1,218 @@
+"""The StePPO driver: prompts -> rollout -> reward -> learner update -> weight sync (DESIGN.md 3).
+
+Runs in the driver process (``launch.train``). It holds ObjectRefs, never a batch's
+tensors: trajectories go from the rollout actors to the reward and learner actors by
+reference, and only small metric dicts come back. Each step reads as its named parts:
+``rollout``, ``score``, ``update``, ``sync_weights``, then ``evaluate`` and
+``checkpoint`` every k steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.learner import LearnerGroup
+from actors.retrieval import RetrievalGroup
+from actors.reward import RewardGroup
+from actors.rollout import RolloutGroup
+from workers.config import Config, ConfigError
+from workers.data.loader import PromptSampler
+from workers.data.rows import QARow, read_rows
+from workers.evaluation import evaluate_trajectories
+from workers.reward import reward_metrics
+from workers.tracking import begin_checkpoint, commit_checkpoint, latest_checkpoint
+
+logger = logging.getLogger(__name__)
+
+TIME_ROLLOUT = "time/rollout_s"
+TIME_REWARD = "time/reward_s"
+TIME_LEARN = "time/learn_s"
+TIME_SYNC = "time/sync_s"
+TIME_STEP = "time/step_s"
+TIME_DRIVER = "time/driver_overhead_s"
+
+
+class LearnerFailure(RuntimeError):
+    """A learner rank died: the step cannot finish; resume from the last checkpoint."""
+
+
+@ray.remote(num_cpus=0)
+def _reward_summary(rewards: Any) -> dict[str, float]:
+    return reward_metrics(rewards)
+
+
+@ray.remote(num_cpus=0)
+def _eval_summary(batch: Any) -> dict[str, float]:
+    return evaluate_trajectories(batch).metrics()
+
+
+def required_resources(cfg: Config) -> dict[str, float]:
+    """CPUs and GPUs the job's actors reserve (placement is checked before any actor starts)."""
+    r, ro, rw, ln = cfg.retrieval, cfg.rollout, cfg.reward, cfg.learner
+    learner_sets = 1 if (ln.colocate_critic or ln.advantage_estimator != "gae") else 2
+    cpus = (r.num_replicas * r.num_cpus + ro.num_workers * ro.num_cpus_per_worker
+            + rw.num_workers * 1.0 + learner_sets * ln.num_ranks * ln.num_cpus_per_rank)
+    gpus = (r.num_replicas * r.num_gpus + ro.num_workers * ro.num_gpus_per_worker
+            + learner_sets * ln.num_ranks * ln.num_gpus_per_rank)
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def check_fits(cfg: Config, available: dict[str, float]) -> None:
+    """Refuse worker counts the cluster cannot hold, naming the fields to change."""
+    need = required_resources(cfg)
+    for kind, amount in need.items():
+        have = float(available.get(kind, 0.0))
+        if amount > have + 1e-9:
+            raise ConfigError(
+                "rollout.num_workers" if kind == "CPU" else "rollout.num_gpus_per_worker",
+                f"the job needs {amount:g} {kind} (retrieval {cfg.retrieval.num_replicas}, rollout "
+                f"{cfg.rollout.num_workers}, reward {cfg.reward.num_workers}, learner ranks "
+                f"{cfg.learner.num_ranks}) but the cluster has {have:g}; lower the worker counts or "
+                f"their num_cpus/num_gpus")
+
+
+class StePPOTrainer:
+    """Owns the actor groups and the loop state (step, prompt position)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, model_path: str) -> None:
+        self.cfg, self.run_dir, self.model_path = cfg, run_dir, model_path
+        self.step = 0
+        data_dir = Path(cfg.data.output_dir)
+        self.train_rows = read_rows(data_dir / f"train.{cfg.data.format}")
+        val_path = data_dir / f"validation.{cfg.data.format}"
+        self.eval_rows: list[QARow] = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() else []
+        self.sampler = PromptSampler(self.train_rows, seed=cfg.seed)
+        self.retrieval: RetrievalGroup | None = None
+        self.rollout_group: RolloutGroup | None = None
+        self.reward: RewardGroup | None = None
+        self.learner: LearnerGroup | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Start the actors: retrieval first (rollout workers call it), then the rest."""
+        cfg = self.cfg
+        self.retrieval = RetrievalGroup(cfg.retrieval, device=_device(cfg))
+        self.retrieval.wait_ready()
+        self.rollout_group = RolloutGroup(cfg.rollout, self.model_path, self.retrieval.search,
+                                          topk=cfg.retrieval.topk, dtype=cfg.model.dtype,
+                                          trust_remote_code=cfg.model.trust_remote_code)
+        self.reward = RewardGroup(cfg.reward)
+        self.learner = LearnerGroup(cfg.learner, self.model_path, seed=cfg.seed,
+                                    total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples)
+
+    def resume(self) -> Path | None:
+        """Continue from ``trainer.resume`` (auto: the newest complete checkpoint of the run)."""
+        mode = self.cfg.trainer.resume
+        if mode == "never":
+            return None
+        path = latest_checkpoint(self.run_dir) if mode == "auto" else Path(mode)
+        if path is None:
+            logger.info("no complete checkpoint in %s: starting from step 0", self.run_dir)
+            return None
+        if not (path / "trainer_state.json").exists():
+            raise ConfigError("trainer.resume", f"{path} is not a complete checkpoint")
+        import json
+
+        state = json.loads((path / "trainer_state.json").read_text())
+        assert self.learner is not None
+        self.learner.load_checkpoint(str(path / "learner"))
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.sync_weights()
+        logger.info("resumed from %s at step %d", path, self.step)
+        return path
+
+    # ------------------------------------------------------------------ one step
+
+    def rollout(self, rows: list[QARow], *, greedy: bool = False, seed: int | None = None) -> Any:
+        """Trajectories of ``rows`` as an ObjectRef (waits until they exist)."""
+        assert self.rollout_group is not None
+        ref = self.rollout_group.rollout(rows, greedy=greedy, seed=seed)
+        ray.wait([ref], fetch_local=False)
+        return ref
+
+    def score(self, traj_ref: Any) -> tuple[Any, dict[str, float]]:
+        """Token rewards (ObjectRef) and their batch summary."""
+        assert self.reward is not None
+        reward_ref = self.reward.score_ref(traj_ref)
+        return reward_ref, ray.get(_reward_summary.remote(reward_ref))
+
+    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int) -> dict[str, float]:
+        """One PPO update; a dead learner rank fails the step with a clear message."""
+        assert self.learner is not None
+        try:
+            return self.learner.update(traj_ref, reward_ref, batch_size)
+        except RayActorError as exc:
+            raise LearnerFailure(
+                f"a learner rank died during step {self.step + 1}; resume with trainer.resume=auto "
+                f"trainer.run_dir={self.run_dir} (last checkpoint: {latest_checkpoint(self.run_dir)})") from exc
+
+    def sync_weights(self) -> None:
+        """Learner -> every rollout worker, in place; the policy version becomes the step."""
+        assert self.learner is not None and self.rollout_group is not None
+        self.rollout_group.set_weights(self.learner.export_weights_ref(), self.step)
+
+    def train_step(self) -> dict[str, float]:
+        """One StePPO step; returns its metrics with the time split."""
+        started = time.perf_counter()
+        rows = self.sampler.next_batch(self.cfg.trainer.batch_size)
+        seed = self.cfg.seed * 1_000_003 + self.step
+        timed: dict[str, float] = {}
+        traj_ref = _timed(timed, TIME_ROLLOUT, lambda: self.rollout(rows, seed=seed))
+        assert self.rollout_group is not None
+        metrics = dict(self.rollout_group.metrics())
+        reward_ref, reward_stats = _timed(timed, TIME_REWARD, lambda: self.score(traj_ref))
+        batch = len(rows) * self.cfg.rollout.n_samples
+        metrics.update(reward_stats)
+        metrics.update(_timed(timed, TIME_LEARN, lambda: self.update(traj_ref, reward_ref, batch)))
+        self.step += 1
+        _timed(timed, TIME_SYNC, self.sync_weights)
+        total = time.perf_counter() - started
+        metrics.update(timed)
+        metrics[TIME_STEP] = total
+        metrics[TIME_DRIVER] = max(0.0, total - sum(timed.values()))
+        return metrics
+
+    # ------------------------------------------------------------------ every k steps
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy rollouts on the validation prompts, scored for EM/F1/searches."""
+        if not self.eval_rows:
+            return {}
+        traj_ref = self.rollout(self.eval_rows, greedy=True, seed=0)
+        return ray.get(_eval_summary.remote(traj_ref))
+
+    def checkpoint(self) -> Path:
+        """Learner state + trainer state, visible only once complete."""
+        assert self.learner is not None
+        staging = begin_checkpoint(self.run_dir, self.step)
+        self.learner.save_checkpoint(str(staging / "learner"))
+        return commit_checkpoint(staging, {"step": self.step, "sampler": self.sampler.state_dict(),
+                                           "seed": self.cfg.seed, "model_path": self.model_path,
+                                           "config": asdict(self.cfg)})
+
+    def shutdown(self) -> None:
+        for group in (self.learner, self.rollout_group, self.reward, self.retrieval):
+            if group is not None:
+                group.shutdown()
+
+
+def _timed(out: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        out[key] = time.perf_counter() - started
+
+
+def _device(cfg: Config) -> str:
+    return "auto" if cfg.device == "auto" else cfg.device

@@ -1,0 +1,77 @@
+"""The StePPO loop on a local Ray cluster: resume after a kill, actor faults, learner failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["trainer.batch_size=4", "learner.mini_batch_size=4", "learner.micro_batch_size=2", "trainer.eval_size=4",
+        "trainer.eval_every=0", "rollout.max_action_tokens=24", "rollout.max_response_tokens=160",
+        "rollout.max_obs_tokens=64", "model.tiny.num_layers=2", "learner.actor_lr=1e-3", "learner.critic_lr=1e-3",
+        "trainer.tensorboard=false", "data.toyworld.num_questions=200", "data.toyworld.num_people=80",
+        "data.toyworld.num_films=30", "data.toyworld.num_companies=20"]
+
+
+@pytest.fixture(scope="module")
+def common(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = tmp_path_factory.mktemp("trainer")
+    return [*TINY, f"data.output_dir={root / 'data'}", f"model.build_dir={root / 'models'}"]
+
+
+def _train(args: list[str], run_dir: Path, kill_after_checkpoint: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "launch.train", *args, f"trainer.run_dir={run_dir}"]
+    if kill_after_checkpoint is None:
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    marker = run_dir / "checkpoints" / f"step_{kill_after_checkpoint:06d}" / "COMPLETE"
+    deadline = time.monotonic() + 900
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    out, _ = proc.communicate()
+    return subprocess.CompletedProcess(cmd, -9, out, "")
+
+
+def _policy_weights(checkpoint: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    files = sorted((checkpoint / "learner" / "hf").glob("*.safetensors"))
+    assert files, f"no HF export in {checkpoint}"
+    out: dict[str, np.ndarray] = {}
+    for f in files:
+        out.update(load_file(f))
+    return out
+
+
+def test_killed_and_resumed_run_ends_where_an_uninterrupted_run_ends(common: list[str], tmp_path: Path) -> None:
+    args = [*common, "trainer.total_steps=4", "trainer.save_every=2", "rollout.engine=hf", "seed=5"]
+    straight = _train(args, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = _train(args, tmp_path / "resumed", kill_after_checkpoint=2)
+    assert not (tmp_path / "resumed" / "checkpoints" / "step_000004").exists(), killed.stdout[-2000:]
+    resumed = _train([*args, "trainer.resume=auto"], tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    printed = resumed.stdout + resumed.stderr
+    assert "resumed from" in printed and "step_000002" in printed
+
+    a = _policy_weights(tmp_path / "straight" / "checkpoints" / "step_000004")
+    b = _policy_weights(tmp_path / "resumed" / "checkpoints" / "step_000004")
+    start = _policy_weights(tmp_path / "straight" / "checkpoints" / "step_000002")
+    assert a.keys() == b.keys()
+    assert any(not np.array_equal(a[k], start[k]) for k in a)  # training moved the weights
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
+    steps = [line for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines() if line]
+    assert [int(s.split('"step": ')[1].split(",")[0]) for s in steps][-2:] == [3, 4]

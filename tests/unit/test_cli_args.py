@@ -1,0 +1,95 @@
+"""Tool arguments beside Hydra overrides: ``split_tool_args`` and the evaluate/ask front ends."""
+
+from __future__ import annotations
+
+import doctest
+from pathlib import Path
+
+import pytest
+
+import launch.cli
+from launch import ask, evaluate
+from launch.cli import split_tool_args
+from launch.evaluate import EvalArgs, find_hf_model, parse_eval_args, wants_ray
+from workers.config import Config, ConfigError
+
+NAMES = ("checkpoint", "split", "limit", "output", "question")
+
+
+def test_tool_keys_are_taken_and_overrides_keep_their_order() -> None:
+    argv = ["rollout.engine=hf", "checkpoint=runs/a", "data=musique", "limit=5", "retrieval.topk=2"]
+    tool_args, overrides = split_tool_args(argv, NAMES)
+    assert tool_args == {"checkpoint": "runs/a", "limit": "5"}
+    assert overrides == ["rollout.engine=hf", "data=musique", "retrieval.topk=2"]
+
+
+def test_values_keep_their_equals_signs_and_spaces_and_the_last_one_wins() -> None:
+    argv = ["question=Is 1+1=2 here?", "split=validation", "split=test", "output="]
+    tool_args, overrides = split_tool_args(argv, NAMES)
+    assert tool_args == {"question": "Is 1+1=2 here?", "split": "test", "output": ""}
+    assert overrides == []
+
+
+def test_everything_else_goes_to_hydra_unchanged() -> None:
+    # Near misses stay overrides, so Hydra reports them (a nested key, a typo, a bare word, flags).
+    argv = ["model.checkpoint=x", "checkpoints=y", "checkpoint", "+limit=3", "--help", "-m"]
+    tool_args, overrides = split_tool_args(argv, NAMES)
+    assert tool_args == {}
+    assert overrides == argv
+
+
+def test_doctest_of_the_helper() -> None:
+    assert doctest.testmod(launch.cli).failed == 0
+
+
+def test_eval_args_are_typed_and_checked() -> None:
+    assert parse_eval_args({}) == EvalArgs()
+    assert parse_eval_args({"checkpoint": "d", "split": "validation", "limit": "7", "output": "o.jsonl",
+                            "batch_size": "4"}) == EvalArgs("d", "validation", 7, "o.jsonl", 4)
+    for key, value in (("limit", "zero"), ("limit", "0"), ("batch_size", "-1"), ("split", "../x")):
+        with pytest.raises(ConfigError) as info:
+            parse_eval_args({key: value})
+        assert info.value.field_name == key
+
+
+def test_ray_only_when_the_command_line_asks_for_rollout_actors() -> None:
+    cfg = Config()  # the dataclass default has rollout.num_workers=1, like the cpu preset
+    assert not wants_ray([], cfg)
+    assert wants_ray(["rollout.num_workers=1"], cfg)
+    cfg.rollout.num_workers = 0
+    assert not wants_ray(["rollout.num_workers=0"], cfg)
+
+
+def test_checkpoint_may_be_a_model_dir_a_training_checkpoint_or_a_run_dir(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert find_hf_model(model) == model
+    step = tmp_path / "run" / "checkpoints" / "step_000010"
+    (step / "learner" / "hf").mkdir(parents=True)
+    (step / "learner" / "hf" / "config.json").write_text("{}")
+    assert find_hf_model(step) == step / "learner" / "hf"
+    from workers.tracking import COMPLETE_MARKER
+
+    (step / COMPLETE_MARKER).write_text("ok\n")
+    assert find_hf_model(tmp_path / "run") == step / "learner" / "hf"
+    assert find_hf_model(tmp_path / "nothing") is None
+
+
+def test_bad_tool_arguments_and_unknown_keys_exit_2_naming_them(capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.cli(["limit=many"]) == 2
+    assert "limit: must be a positive integer" in capsys.readouterr().err
+    assert evaluate.cli(["checkpoint=/no/such/dir"]) == 2
+    assert "checkpoint: /no/such/dir holds no Hugging Face model" in capsys.readouterr().err
+    assert evaluate.cli(["limit=2", "rollout.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert ask.cli(["rollout.engine=hf"]) == 2
+    assert "question: required" in capsys.readouterr().err
+
+
+def test_help_names_the_tool_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{key}=" in out for key in ("checkpoint", "split", "limit", "output", "batch_size"))
+    assert ask.cli(["--help"]) == 0
+    assert "question=" in capsys.readouterr().out
