@@ -131,6 +131,11 @@ class LearnerGroup:
             metrics.update(ranks_metrics)
         return metrics
 
+    def sft_update(self, traj_ref: Any) -> dict[str, float]:
+        """One supervised pass over a batch of gold trajectories (every rank takes its share)."""
+        results = ray.get([a.sft_update.remote(traj_ref) for a in self.policy_ranks])
+        return results[0]
+
     def export_weights(self) -> dict[str, Any]:
         """Full policy state dict in Hugging Face names (every rank takes part under ZeRO-3)."""
         refs = [a.export_weights.remote() for a in self.policy_ranks]

@@ -87,7 +87,8 @@ def plot_metrics(records: Sequence[Mapping[str, float]], groups: Mapping[str, Se
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=100)

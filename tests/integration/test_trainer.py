@@ -75,3 +75,57 @@ def test_killed_and_resumed_run_ends_where_an_uninterrupted_run_ends(common: lis
         np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
     steps = [line for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines() if line]
     assert [int(s.split('"step": ')[1].split(",")[0]) for s in steps][-2:] == [3, 4]
+
+
+def _pids(class_name: str) -> list[int]:
+    """Live actor processes of this session's cluster (Ray titles them ``ray::ClassName``)."""
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+    out = []
+    for proc in procs:
+        try:
+            title = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if title.startswith(f"ray::{class_name}") and proc.status() != psutil.STATUS_ZOMBIE:
+            out.append(proc.pid)
+    return out
+
+
+@pytest.fixture()
+def trainer(ray_cluster: dict, common: list[str], tmp_path: Path):
+    from actors.trainer import StePPOTrainer
+    from launch.config import load_config
+    from launch.train import _prepare_inputs
+
+    cfg, model_path = _prepare_inputs(load_config([*common, "trainer.total_steps=3", "rollout.engine=hf"]))
+    t = StePPOTrainer(cfg, tmp_path, model_path)
+    t.setup()
+    yield t
+    t.shutdown()
+
+
+def test_killed_reward_and_retrieval_actors_are_restarted_and_steps_go_on(trainer) -> None:
+    first = trainer.train_step()
+    reward_pid, retrieval_pid = _pids("RewardWorker")[0], _pids("RetrievalActor")[0]
+    os.kill(reward_pid, signal.SIGKILL)
+    os.kill(retrieval_pid, signal.SIGKILL)
+    second = trainer.train_step()
+    third = trainer.train_step()
+    assert trainer.step == 3
+    for metrics in (first, second, third):
+        assert {"reward/outcome", "ppo/policy_loss", "time/rollout_s"} <= metrics.keys()
+    assert reward_pid not in _pids("RewardWorker") and _pids("RewardWorker")
+    assert trainer.retrieval is not None
+    assert trainer.retrieval.search(["anything"], 1)[0]  # the restarted replica answers
+    assert retrieval_pid not in _pids("RetrievalActor")
+
+
+def test_a_dead_learner_rank_fails_the_step_with_a_resume_hint(trainer) -> None:
+    from actors.trainer import LearnerFailure
+
+    trainer.train_step()
+    os.kill(_pids("LearnerWorker")[0], signal.SIGKILL)
+    with pytest.raises(LearnerFailure, match=r"trainer.resume=auto"):
+        trainer.train_step()
