@@ -348,6 +348,28 @@ class TrainerConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised warm start on gold search trajectories (launch.sft)."""
+
+    epochs: float = 4.0
+    """Passes over the training rows (fractions allowed)."""
+    lr: float = 1e-3
+    """Peak learning rate (tiny policies from scratch need ~1e-3; pretrained ones ~1e-5)."""
+    warmup_steps: int = 100
+    """Linear warmup, in optimizer steps."""
+    batch_size: int = 16
+    """Trajectories per optimizer step (over all ranks)."""
+    micro_batch_size: int = 8
+    """Trajectories per forward/backward pass on one rank."""
+    steps_per_call: int = 10
+    """Optimizer steps per call to the learner (fewer round trips; progress is shown per call)."""
+    eval_every: int = 200
+    """Evaluate greedy rollouts on validation prompts every k optimizer steps (0: only at the end)."""
+    max_rows: Optional[int] = None
+    """Use at most this many training rows (None: all)."""
+
+
+@dataclass
 class Config:
     """The whole tree. ``launch`` entry points read it; workers get sub-configs only."""
 
@@ -364,6 +386,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
@@ -493,4 +516,9 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size")
     _non_negative(cfg, "trainer.eval_every", "trainer.save_every")
     _validate_learner(cfg)
+    _positive(cfg, "sft.epochs", "sft.lr", "sft.batch_size", "sft.micro_batch_size", "sft.steps_per_call")
+    _non_negative(cfg, "sft.warmup_steps", "sft.eval_every")
+    _require(cfg.sft.batch_size % (cfg.sft.micro_batch_size * cfg.learner.num_ranks) == 0, "sft.micro_batch_size",
+             f"sft.batch_size {cfg.sft.batch_size} must split into micro-batches of {cfg.sft.micro_batch_size} "
+             f"on each of learner.num_ranks={cfg.learner.num_ranks}")
     return cfg

@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 GRAD_NORM = "ppo/grad_norm"
 CRITIC_GRAD_NORM = "ppo/critic_grad_norm"
 LR = "ppo/lr"
+SFT_LOSS = "sft/loss"
 _SUMMED = (ppo.POLICY_LOSS, ppo.VALUE_LOSS, ppo.APPROX_KL, ppo.CLIPFRAC, ppo.VALUE_CLIPFRAC,
-           ppo.ENTROPY, ppo.KL_LOSS)
+           ppo.ENTROPY, ppo.KL_LOSS, SFT_LOSS)
 """Update metrics that are token means over the global mini-batch: ranks add them up."""
 
 
@@ -161,6 +162,34 @@ class LearnerWorker:
                 steps += 1
         self.updates += 1
         metrics = {k: v / max(steps, 1) for k, v in totals.items()}
+        return self._reduce_over_ranks(metrics)
+
+    def sft_update(self, batch: TrajectoryBatch) -> dict[str, float]:
+        """One pass of supervised fine-tuning: cross-entropy on the action tokens only.
+
+        The warm start of ``launch.sft`` (gold search trajectories); observation tokens
+        carry no loss. One optimizer step per mini-batch, the loss a token mean over the
+        whole mini-batch's action tokens, as in the PPO update.
+        """
+        if self.policy is None:
+            raise RuntimeError("sft_update needs the policy role")
+        totals = {SFT_LOSS: 0.0, GRAD_NORM: 0.0}
+        batches = minibatches(len(batch), self.cfg.mini_batch_size, self.seed * 1_000_003 + self.updates)
+        self.policy.module.train()
+        for mb in batches:
+            n = max(float(batch.action_mask[mb].sum()), 1.0)
+            for chunk in self._micro_chunks(shard_indices(mb, self.rank, self.world_size)):
+                inputs, response = self._inputs(batch, chunk)
+                mask = torch.from_numpy(batch.action_mask[chunk].astype(np.float32)).to(self.device)
+                logprobs, _ = mdl.policy_forward(self.policy, inputs, response)
+                loss = -ppo.token_mean(logprobs, mask, n)
+                self.policy.backward(loss)
+                self.policy.step()
+                totals[SFT_LOSS] += float(loss.detach())
+            totals[GRAD_NORM] += self.policy.grad_norm()
+        self.updates += 1
+        metrics = {k: v / len(batches) for k, v in totals.items()}
+        metrics[LR] = self.policy.lr()
         return self._reduce_over_ranks(metrics)
 
     def _minibatch_step(self, batch: TrajectoryBatch, targets: PPOBatch, idx: np.ndarray,

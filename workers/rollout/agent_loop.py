@@ -105,9 +105,10 @@ class AgentLoop:
         self.tokenizer = tokenizer
         self.search = search
         self.settings = settings
-        self._close_info: list[int] = self._encode("</information>\n")
+        self._close_info: list[int] = self.encode("</information>\n")
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of inserted or scripted text (no special tokens added)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -115,10 +116,10 @@ class AgentLoop:
 
     def observation_ids(self, docs: Sequence[Document], note: str = "") -> list[int]:
         """Tokens of an ``<information>`` block, cut to ``max_obs_tokens`` with its closing tag kept."""
-        ids = self._encode(format_information(docs) + note)
+        ids = self.encode(format_information(docs) + note)
         limit = self.settings.max_obs_tokens
         if len(ids) > limit:
-            tail = self._close_info + (self._encode(note) if note else [])
+            tail = self._close_info + (self.encode(note) if note else [])
             ids = ids[: max(0, limit - len(tail))] + tail
         return ids
 
@@ -164,7 +165,7 @@ class AgentLoop:
     def _close_turn(self, episode: Episode, kind: TurnKind, start: int, end: int, is_final: bool) -> None:
         """An answer ends the episode; an invalid action gets a corrective note while budget remains."""
         obs = (end, end)
-        note = self._encode(INVALID_ACTION_NOTE)
+        note = self.encode(INVALID_ACTION_NOTE)
         room = self.settings.max_response_tokens - len(episode.response_ids)
         if kind == "invalid" and not is_final and len(note) < room:
             obs = episode.append(note, None)

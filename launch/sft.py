@@ -1,0 +1,173 @@
+"""Supervised warm start: teach a policy the search protocol from gold trajectories.
+
+    python -m launch.sft                                  # tiny policy on toyworld
+    python -m launch.sft sft.epochs=2 sft.lr=1e-5 model=qwen2.5-3b data=musique ...
+
+Gold trajectories come from the dataset's decompositions (``workers.rollout.gold``): one
+search per sub-question with the real retriever's documents, then the answer; the loss is
+on the policy's tokens only. Training runs on the DeepSpeed learner (same Hydra tree,
+``learner.*`` for ranks and ZeRO); validation runs greedy rollouts through the rollout
+workers. The result is a Hugging Face directory (``<run dir>/checkpoints/step_N/learner/hf``)
+to start StePPO from: ``python -m launch.train model.path=<that directory>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import hydra
+import ray
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from actors.cluster import init_ray
+from actors.learner import LearnerGroup
+from actors.retrieval import RetrievalGroup
+from actors.rollout import RolloutGroup
+from launch.config import CONFIG_DIR, register_configs, to_config
+from launch.report import progress_bar, write_plots
+from launch.train import _prepare_inputs
+from workers.config import Config, ConfigError, LearnerConfig
+from workers.data.rows import QARow, read_rows
+from workers.evaluation import evaluate_trajectories
+from workers.rollout.agent_loop import AgentLoop, LoopSettings
+from workers.rollout.gold import gold_episodes
+from workers.rollout.worker import pack_episodes
+from workers.tracking import MetricsLogger, begin_checkpoint, commit_checkpoint
+
+logger = logging.getLogger("launch.sft")
+
+
+def sft_learner_config(cfg: Config) -> LearnerConfig:
+    """The learner for SFT: policy only (no critic, no reference), SFT's rates and batches."""
+    return replace(cfg.learner, advantage_estimator="grpo", kl_coef=0.0, use_kl_loss=False,
+                   actor_lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, lr_schedule="cosine",
+                   mini_batch_size=cfg.sft.batch_size, micro_batch_size=cfg.sft.micro_batch_size)
+
+
+def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: Any) -> list[Any]:
+    """Gold episodes of ``rows`` and the matching rows (rows whose episode does not fit are dropped)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    loop = AgentLoop(None, tokenizer, search, LoopSettings.from_config(cfg.rollout, cfg.retrieval.topk))  # type: ignore[arg-type]
+    prompts = []
+    for row in rows:
+        ids = tokenizer.apply_chat_template(list(row.prompt), add_generation_prompt=True, tokenize=True)
+        prompts.append(list(getattr(ids, "input_ids", ids) if not isinstance(ids, dict) else ids["input_ids"]))
+    episodes = gold_episodes(rows, prompts, loop, search)
+    limit = cfg.rollout.max_response_tokens
+    kept = [(e, r) for e, r in zip(episodes, rows, strict=True) if len(e.response_ids) <= limit]
+    if len(kept) < len(rows):  # a rollout could never produce these: do not teach them
+        logger.warning("dropped %d of %d gold trajectories longer than rollout.max_response_tokens=%d",
+                       len(rows) - len(kept), len(rows), limit)
+    episodes, rows = [e for e, _ in kept], [r for _, r in kept]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts = [tokenizer.decode(e.response_ids) for e in episodes]
+    return [pack_episodes([e], [r], [r.id], [t], pad, 0) for e, r, t in zip(episodes, rows, texts, strict=True)]
+
+
+def _batches(gold: list[Any], cfg: Config, epoch: int) -> list[list[Any]]:
+    """Shuffled calls of ``steps_per_call`` optimizer steps each (the tail that does not fill a step is dropped)."""
+    import numpy as np
+
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(gold))
+    per_call = cfg.sft.batch_size * cfg.sft.steps_per_call
+    usable = len(order) // cfg.sft.batch_size * cfg.sft.batch_size
+    return [[gold[i] for i in order[s:min(s + per_call, usable)]] for s in range(0, usable, per_call)]
+
+
+def run_sft(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """The whole warm start; returns the summary also written to ``run_dir/summary.json``."""
+    from workers.rollout.worker import concat_trajectories
+
+    cfg, model_path = _prepare_inputs(cfg)
+    init_ray(cfg.cluster, logging_level="WARNING")
+    data_dir = Path(cfg.data.output_dir)
+    rows = read_rows(data_dir / f"train.{cfg.data.format}")[: cfg.sft.max_rows]
+    val_path = data_dir / f"validation.{cfg.data.format}"
+    val_rows = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() else []
+    retrieval = RetrievalGroup(cfg.retrieval)
+    retrieval.wait_ready()
+    started = time.perf_counter()
+    gold = build_gold(cfg, model_path, rows, retrieval.search)
+    steps_per_epoch = len(gold) // cfg.sft.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError("sft.batch_size", f"{cfg.sft.batch_size} is more than the {len(gold)} training rows")
+    total = math.ceil(cfg.sft.epochs * steps_per_epoch)
+    learner = LearnerGroup(sft_learner_config(cfg), model_path, seed=cfg.seed, total_steps=total)
+    rollout = RolloutGroup(cfg.rollout, model_path, retrieval.search, topk=cfg.retrieval.topk,
+                           dtype=cfg.model.dtype) if val_rows else None
+    tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard, run_name=run_dir.name)
+    logger.info("SFT: %d gold trajectories, %d optimizer steps", len(gold), total)
+    step, epoch, final_eval, checkpoint = 0, 0, {}, None
+    bar = progress_bar(total)
+    bar.set_description("SFT")
+    try:
+        while step < total:
+            for call in _batches(gold, cfg, epoch):
+                call = call[: (total - step) * cfg.sft.batch_size]
+                if not call:
+                    break
+                metrics = learner.sft_update(ray.put(concat_trajectories(call)))
+                done = len(call) // cfg.sft.batch_size
+                step += done
+                bar.update(done)
+                if (cfg.sft.eval_every and step % cfg.sft.eval_every < done) or step >= total:
+                    final_eval = _evaluate(learner, rollout, val_rows, step)
+                    metrics.update(final_eval)
+                    checkpoint = _save(learner, run_dir, step, model_path)
+                tracker.log(step, {**metrics, "sft/epoch": epoch + step / max(1, total)})
+                bar.set_postfix(loss=f"{metrics.get('sft/loss', float('nan')):.3f}",
+                                val_em=f"{final_eval.get('eval/em', float('nan')):.3f}")
+            epoch += 1
+        bar.close()
+    finally:
+        tracker.close()
+        for group in (learner, rollout, retrieval):
+            if group is not None:
+                group.shutdown()
+    summary = {"run_dir": str(run_dir), "steps": step, "wall_s": time.perf_counter() - started,
+               "policy": str(checkpoint / "learner" / "hf") if checkpoint else None, "eval": final_eval}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_plots(run_dir)
+    print(f"SFT done: {step} steps in {summary['wall_s']:.0f} s; validation {json.dumps(final_eval)}")
+    print(f"policy: {summary['policy']}\nnext:   python -m launch.train model.path={summary['policy']}")
+    return summary
+
+
+def _evaluate(learner: LearnerGroup, rollout: RolloutGroup | None, rows: list[QARow], step: int) -> dict[str, float]:
+    if rollout is None:
+        return {}
+    rollout.set_weights(learner.export_weights_ref(), step)
+    return evaluate_trajectories(ray.get(rollout.rollout(rows, greedy=True, seed=0))).metrics()
+
+
+def _save(learner: LearnerGroup, run_dir: Path, step: int, model_path: str) -> Path:
+    staging = begin_checkpoint(run_dir, step)
+    learner.save_checkpoint(str(staging / "learner"))
+    return commit_checkpoint(staging, {"step": step, "model_path": model_path, "stage": "sft"})
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def main(dcfg: DictConfig) -> float:
+    """Hydra entry point; returns the final validation EM."""
+    try:
+        cfg = to_config(dcfg)
+        summary = run_sft(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return float(summary["eval"].get("eval/em", 0.0))
+
+
+if __name__ == "__main__":
+    register_configs()
+    main()

@@ -1,0 +1,57 @@
+"""Gold search trajectories for the supervised warm start (launch.sft).
+
+Runs in the SFT driver. For each row, the policy's turns are written from the
+decomposition: one ``<search> key </search>`` per sub-question (the first phrasing of its
+search-key group), each followed by the ``<information>`` block the real retriever
+returns, then ``<answer> target </answer>``. Observation tokens are made by the same
+code the agent loop uses, so the warm-started policy sees at training time exactly the
+kind of context it will see in rollouts; the loss goes on the action tokens only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from workers.data.rows import QARow
+from workers.rollout.agent_loop import LAST_TURN_NOTE, AgentLoop, Episode, SearchFn
+from workers.types import Turn
+
+
+def gold_queries(row: QARow) -> list[str]:
+    """The canonical query of each sub-question, in order (empty groups are skipped)."""
+    return [group[0] for group in row.ground_truth.search_keys if group and group[0].strip()]
+
+
+def gold_episodes(rows: Sequence[QARow], prompts: Sequence[Sequence[int]], loop: AgentLoop,
+                  search: SearchFn) -> list[Episode]:
+    """One finished episode per row: gold searches with real retrieval, then the answer.
+
+    ``loop`` supplies the tokenizer, the observation format and the budgets
+    (``max_turns`` searches at most, ``max_response_tokens`` in all).
+    """
+    s = loop.settings
+    plans = [gold_queries(row)[: s.max_turns] for row in rows]
+    episodes = [Episode(list(p)) for p in prompts]
+    for turn in range(max((len(p) for p in plans), default=0)):
+        active = [i for i, plan in enumerate(plans) if turn < len(plan)]
+        results = search([plans[i][turn] for i in active], s.topk)
+        for i, docs in zip(active, results, strict=True):
+            episode, query = episodes[i], plans[i][turn]
+            start, end = _act(episode, loop, f"<search> {query} </search>")
+            episode.searches += 1
+            note = LAST_TURN_NOTE if episode.searches >= s.max_turns else ""
+            obs_start, obs_end = episode.append(loop.observation_ids(docs, note), None)
+            episode.turns.append(Turn("search", start, end, obs_start, obs_end, query=query,
+                                      doc_ids=tuple(d.id for d in docs),
+                                      doc_texts=tuple(d.contents for d in docs)))
+    for row, episode in zip(rows, episodes, strict=True):
+        start, end = _act(episode, loop, f"<answer> {row.ground_truth.target[0]} </answer>")
+        episode.turns.append(Turn("answer", start, end, end, end))
+        episode.done = True
+    return episodes
+
+
+def _act(episode: Episode, loop: AgentLoop, text: str) -> tuple[int, int]:
+    """Append a gold action (log-prob 0: it was not sampled); return its span."""
+    ids = loop.encode(text)
+    return episode.append(ids, [0.0] * len(ids))
