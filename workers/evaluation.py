@@ -174,8 +174,8 @@ def _turn_json(turn: Turn, hit: bool | None, text: str | None) -> dict[str, Any]
 def predicted_answer(response_text: str, turns: Sequence[Turn]) -> str | None:
     """The last ``<answer>`` block when the episode ended on an answer turn, else None.
 
-    The turn check matters: the note the agent loop inserts after an invalid action itself
-    reads "... between <answer> and </answer>.", which is not the policy's answer.
+    The turn check matters: text the system inserted (a corrective note, a retrieved
+    document) may itself contain a tag pair, which is not the policy's answer.
 
     >>> note = "write the answer between <answer> and </answer>."
     >>> predicted_answer("xyz " + note, [Turn("invalid", 0, 1, 1, 2)]) is None

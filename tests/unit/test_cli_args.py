@@ -93,3 +93,50 @@ def test_help_names_the_tool_arguments(capsys: pytest.CaptureFixture[str]) -> No
     assert all(f"{key}=" in out for key in ("checkpoint", "split", "limit", "output", "batch_size"))
     assert ask.cli(["--help"]) == 0
     assert "question=" in capsys.readouterr().out
+
+
+def test_the_table_has_a_line_per_source_and_one_for_all() -> None:
+    from workers.evaluation import evaluate_sample, summarize
+    from workers.types import GroundTruth, Turn
+
+    answered = evaluate_sample("a#0", "musique", GroundTruth(("Paris",)), "<answer> Paris </answer>",
+                               [Turn("answer", 0, 1, 1, 1)])
+    silent = evaluate_sample("b#0", "hotpotqa", GroundTruth(("Rome",)), "???", [Turn("invalid", 0, 1, 1, 1)])
+    lines = evaluate.format_table(summarize([answered, silent])).splitlines()
+    assert lines[0].split() == ["source", "n", "EM", "F1", "cover-EM", "searches", "gold-hit", "redundancy",
+                                "format"]
+    assert lines[1].split() == ["hotpotqa", "1", *["0.000"] * 7]
+    assert lines[2].split() == ["musique", "1", "1.000", "1.000", "1.000", "0.000", "0.000", "0.000", "1.000"]
+    assert lines[3].split()[:3] == ["all", "2", "0.500"]
+
+
+def test_the_trajectory_print_shows_text_query_titles_and_answer() -> None:
+    from workers.evaluation import evaluate_sample
+    from workers.types import GroundTruth, Turn
+
+    turns = [Turn("search", 0, 1, 1, 2, "capital of France", ("p1", "p2"),
+                  ('"Paris"\nParis is the capital.', '"Lyon"\nLyon is a city.')),
+             Turn("invalid", 2, 3, 3, 4), Turn("answer", 4, 5, 5, 5)]
+    texts = ["<think> find it </think>\n<search> capital of France </search>", "\n\n", "<answer> Paris </answer>"]
+    record = evaluate_sample("ask#0", "ask", GroundTruth(()), "... <answer> Paris </answer>", turns,
+                             "Capital of France?", texts)
+    assert ask.format_trajectory(record).splitlines() == [
+        "[turn 1] search",
+        "    <think> find it </think>",
+        "    <search> capital of France </search>",
+        "  query: capital of France",
+        "  retrieved: Paris | Lyon",
+        "[turn 2] invalid",
+        "    (blank: 2 whitespace characters)",
+        "[turn 3] answer",
+        "    <answer> Paris </answer>",
+        "answer: Paris",
+    ]
+    unanswered = evaluate_sample("ask#0", "ask", GroundTruth(()), "", [])
+    assert ask.format_trajectory(unanswered).splitlines()[-1].startswith("answer: (none")
+
+
+def test_a_missing_corpus_fails_before_any_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "config.json").write_text("{}")  # not loadable: the check must come first
+    assert ask.cli(["question=x", f"checkpoint={tmp_path}", f"data.output_dir={tmp_path / 'none'}"]) == 2
+    assert "retrieval.corpus_path: " in capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_every_preset_composes_and_validates(group: str, preset: str) -> None:
     if preset in NEEDS_INPUT:
         overrides.append("data.input_path=some/file.json")
     if group == "learner" and preset != "cpu":
-        overrides += ["trainer.batch_size=256"]
+        overrides += ["trainer.batch_size=256", "sft.batch_size=64"]
     cfg = load_config(overrides)
     assert isinstance(cfg, Config)
     if group in ("reward", "model", "cluster"):

@@ -23,10 +23,12 @@ logger = logging.getLogger(__name__)
 SearchFn = Callable[[list[str], int], list[list[Document]]]
 """``search(queries, topk) -> documents per query`` (a Retriever, or a Ray handle's wrapper)."""
 
+# The notes name the tags without writing a tag pair: a pair in inserted text would read
+# as a search or an answer to anything that parses the response.
 INVALID_ACTION_NOTE = (
-    "\nThat action was not understood. To search, write the query between <search> and "
-    "</search>. To answer, write the answer between <answer> and </answer>.\n")
-LAST_TURN_NOTE = "\nNo searches are left. Give your final answer between <answer> and </answer>.\n"
+    "\nThat action was not understood. Search by putting a query inside the search tags, "
+    "or answer inside the answer tags.\n")
+LAST_TURN_NOTE = "\nNo searches are left. Give your final answer now, inside the answer tags.\n"
 
 _SEARCH = re.compile(r"<search>(.*?)</search>", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)

@@ -1,0 +1,97 @@
+"""``launch.evaluate`` and ``launch.ask`` end to end on a small toyworld with a tiny policy.
+
+The tools run as subprocesses (the way users run them) with HF generate to stay fast. A
+random tiny policy writes mostly invalid actions, so the tests check structure, not scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from workers.config import TinyModelConfig, ToyWorldConfig
+from workers.data.rows import read_rows
+
+pytestmark = pytest.mark.integration
+
+TINY = TinyModelConfig(vocab_size=800, num_layers=2)
+SMALL = ["rollout.engine=hf", "rollout.max_action_tokens=16", "rollout.max_response_tokens=128",
+         "rollout.max_obs_tokens=64", "rollout.max_turns=2"]
+RECORD_FIELDS = {"sample_id", "data_source", "question", "targets", "prediction", "em", "f1", "cover_em",
+                 "format_ok", "num_searches", "gold_hit", "redundancy", "response_text", "turns"}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from launch.prepare_data import prepare
+    from workers.config import DataConfig
+    from workers.policy import ensure_tiny_policy, policy_texts
+
+    out = tmp_path_factory.mktemp("toy")
+    world = ToyWorldConfig(num_people=60, num_films=20, num_companies=15, num_universities=10,
+                           num_cities=30, num_countries=10, num_questions=60)
+    prepare(DataConfig(name="toyworld", output_dir=str(out), toyworld=world))
+    policy = ensure_tiny_policy(TINY, policy_texts(out), out / "models")
+    return {"dir": out, "policy": Path(policy)}
+
+
+def run_tool(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": "127.0.0.1"}
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"{module} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result
+
+
+def test_evaluate_prints_the_table_and_writes_one_prediction_per_row(toy: dict) -> None:
+    result = run_tool("launch.evaluate", f"checkpoint={toy['policy']}", f"data.output_dir={toy['dir']}",
+                      "limit=3", "batch_size=2", *SMALL)
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("source"))
+    assert lines[header].split() == ["source", "n", "EM", "F1", "cover-EM", "searches", "gold-hit",
+                                     "redundancy", "format"]
+    for line, name in zip(lines[header + 1:header + 3], ("toyworld", "all"), strict=True):
+        cells = line.split()
+        assert cells[:2] == [name, "3"] and all(0.0 <= float(c) for c in cells[2:])
+    assert "evaluate" in result.stderr  # the progress bar
+    path = toy["policy"] / "predictions-test.jsonl"  # the default: beside the checkpoint
+    assert lines[-1] == f"predictions: {path}"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = read_rows(toy["dir"] / "test.parquet")[:3]
+    assert [r["sample_id"] for r in records] == [f"{row.id}#0" for row in rows]
+    assert [r["question"] for r in records] == [row.question for row in rows]
+    for record in records:
+        assert set(record) == RECORD_FIELDS and record["turns"]
+        assert all({"kind", "text"} <= set(turn) for turn in record["turns"])
+        assert all({"query", "doc_ids", "doc_titles"} <= set(turn)
+                   for turn in record["turns"] if turn["kind"] == "search")
+
+
+def test_evaluate_without_checkpoint_uses_the_model_config_policy(toy: dict, tmp_path: Path) -> None:
+    # The tiny preset with the fixture's sizes and build dir resolves to the cached policy.
+    output = tmp_path / "val.jsonl"
+    result = run_tool("launch.evaluate", f"data.output_dir={toy['dir']}", "split=validation", "limit=2",
+                      f"output={output}", f"model.build_dir={toy['dir'] / 'models'}",
+                      f"model.tiny.vocab_size={TINY.vocab_size}", f"model.tiny.num_layers={TINY.num_layers}",
+                      "retrieval.method=bm25", *SMALL)
+    assert f"policy: {toy['policy']}" in result.stdout
+    assert result.stdout.splitlines()[-1] == f"predictions: {output}"
+    assert len(output.read_text().splitlines()) == 2
+
+
+def test_ask_prints_the_trajectory_and_no_score(toy: dict) -> None:
+    question = read_rows(toy["dir"] / "test.parquet")[0].question
+    result = run_tool("launch.ask", f"question={question}", f"checkpoint={toy['policy']}",
+                      f"data.output_dir={toy['dir']}", "retrieval.method=bm25", *SMALL)
+    lines = result.stdout.splitlines()
+    assert f"question: {question}" in lines
+    assert lines[lines.index(f"question: {question}") + 1].startswith("[turn 1] ")
+    assert lines[-1].startswith("answer: ")
+    own_lines = [line for line in lines if not line.startswith("    ")]  # not the policy's text
+    assert not any(word in line for line in own_lines for word in ("EM", "F1", "score"))
