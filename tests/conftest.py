@@ -48,3 +48,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def small_toyworld(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small prepared toyworld and a 2-layer tiny policy built for it (shared by a session)."""
+    from launch.prepare_data import prepare
+    from workers.config import DataConfig, TinyModelConfig, ToyWorldConfig
+    from workers.data.rows import read_rows
+    from workers.policy import ensure_tiny_policy, policy_texts
+
+    out = tmp_path_factory.mktemp("toy")
+    world = ToyWorldConfig(num_people=60, num_films=20, num_companies=15, num_universities=10,
+                           num_cities=30, num_countries=10, num_questions=60)
+    prepare(DataConfig(name="toyworld", output_dir=str(out), toyworld=world))
+    policy = ensure_tiny_policy(TinyModelConfig(vocab_size=800, num_layers=2), policy_texts(out), out / "models")
+    return {"dir": out, "policy": policy, "rows": read_rows(out / "train.parquet")}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from workers.config import TinyModelConfig, ToyWorldConfig
+from workers.config import TinyModelConfig
 from workers.data.rows import read_rows
 
 pytestmark = pytest.mark.integration
@@ -28,17 +28,8 @@ RECORD_FIELDS = {"sample_id", "data_source", "question", "targets", "prediction"
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from launch.prepare_data import prepare
-    from workers.config import DataConfig
-    from workers.policy import ensure_tiny_policy, policy_texts
-
-    out = tmp_path_factory.mktemp("toy")
-    world = ToyWorldConfig(num_people=60, num_films=20, num_companies=15, num_universities=10,
-                           num_cities=30, num_countries=10, num_questions=60)
-    prepare(DataConfig(name="toyworld", output_dir=str(out), toyworld=world))
-    policy = ensure_tiny_policy(TINY, policy_texts(out), out / "models")
-    return {"dir": out, "policy": Path(policy)}
+def toy(small_toyworld: dict) -> dict:
+    return small_toyworld
 
 
 def run_tool(module: str, *args: str) -> subprocess.CompletedProcess:

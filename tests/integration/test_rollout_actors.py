@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.config import RetrievalConfig, RolloutConfig, TinyModelConfig, ToyWorldConfig
-from workers.data.rows import read_rows
+from workers.config import RetrievalConfig, RolloutConfig
 from workers.types import TrajectoryBatch
 
 pytestmark = pytest.mark.integration
@@ -24,17 +23,8 @@ ROLLOUT = RolloutConfig(engine="vllm", num_workers=2, num_cpus_per_worker=1.0, m
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from launch.prepare_data import prepare
-    from workers.config import DataConfig
-    from workers.policy import ensure_tiny_policy, policy_texts
-
-    out = tmp_path_factory.mktemp("toy")
-    world = ToyWorldConfig(num_people=60, num_films=20, num_companies=15, num_universities=10,
-                           num_cities=30, num_countries=10, num_questions=60)
-    prepare(DataConfig(name="toyworld", output_dir=str(out), toyworld=world))
-    policy = ensure_tiny_policy(TinyModelConfig(vocab_size=800, num_layers=2), policy_texts(out), out / "models")
-    return {"dir": out, "policy": str(policy), "rows": read_rows(out / "train.parquet")}
+def toy(small_toyworld: dict) -> dict:
+    return {**small_toyworld, "policy": str(small_toyworld["policy"])}
 
 
 @pytest.fixture(scope="module")
