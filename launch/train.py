@@ -23,6 +23,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from actors.cluster import init_ray
@@ -54,8 +55,8 @@ def _prepare_inputs(cfg: Config) -> tuple[Config, str]:
 
 def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """The whole job; returns the summary also written to ``run_dir/summary.json``."""
+    check_fits(cfg, init_ray(cfg.cluster, logging_level="WARNING"))  # before any data or actor work
     cfg, model_path = _prepare_inputs(cfg)
-    check_fits(cfg, init_ray(cfg.cluster, logging_level="WARNING"))
     trainer = StePPOTrainer(cfg, run_dir, model_path)
     tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard,
                             wandb_project=cfg.trainer.wandb_project, run_name=run_dir.name)
@@ -91,16 +92,15 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> float:
     """Hydra entry point; returns the final validation F1 (for sweepers that optimize it)."""
+    hydra_cfg = HydraConfig.get()
     try:
         cfg = to_config(dcfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        summary = train(cfg, run_dir)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except LearnerFailure as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
+    except (ConfigError, LearnerFailure) as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed run; the sweep (or an Optuna study) goes on
+        print(f"{'config error' if isinstance(exc, ConfigError) else 'error'}: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
     return float(summary["eval"].get("eval/f1", 0.0))
 
 
