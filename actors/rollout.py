@@ -163,6 +163,13 @@ class RolloutGroup:
                 time.sleep(1.0)
 
     def shutdown(self) -> None:
+        """Close the engines (their worker processes exit cleanly), then stop the actors."""
+        if self._local is not None:
+            self._local.close()
+        try:
+            ray.get([a.close.remote() for a in self.actors], timeout=60)
+        except Exception as exc:  # a dead or stuck actor: killing it below is all that is left
+            logger.warning("rollout actors did not close cleanly (%s); killing them", type(exc).__name__)
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []

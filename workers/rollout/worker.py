@@ -157,6 +157,12 @@ class RolloutWorker:
         """The engine's log-probs of fixed token sequences (checks weight sync)."""
         return self.engine.score(sequences)
 
+    def close(self) -> None:
+        """Stop the engine's own processes (vLLM) now rather than at interpreter exit."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     def metrics(self) -> dict[str, float]:
         """Metrics of the last rollout call."""
         return dict(self.last_metrics)
