@@ -15,7 +15,10 @@ GPUs puts the three models on the same devices. Otherwise the critic gets its ow
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -36,15 +39,20 @@ logger = logging.getLogger(__name__)
 
 
 def _free_port() -> tuple[str, int]:
+    addr = ray.util.get_node_ip_address()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return ray.util.get_node_ip_address(), int(s.getsockname()[1])
+        s.bind(("127.0.0.1" if addr == "127.0.0.1" else "", 0))
+        return addr, int(s.getsockname()[1])
 
 
 @ray.remote(num_cpus=0)
-def _rendezvous() -> tuple[str, int]:
-    """Address of the node hosting rank 0 and a free port there (127.0.0.1 on loopback clusters)."""
-    return _free_port()
+def _rendezvous() -> tuple[str, int, str | None]:
+    """Address of the node hosting rank 0, a free port there, and on a loopback cluster (all
+    ranks on this machine) a fresh file to meet through, so no rendezvous server listens."""
+    addr, port = _free_port()
+    if addr != "127.0.0.1":
+        return addr, port, None
+    return addr, port, os.path.join(tempfile.mkdtemp(prefix="stepsearch-rdzv-"), "store")
 
 
 @ray.remote(num_cpus=0, num_returns=2)
@@ -82,11 +90,14 @@ class LearnerGroup:
         ray.get(self.pg.ready())
         self.sets: list[list[Any]] = [
             self._spawn(r, model_path, seed, total_steps, offset=i * W) for i, r in enumerate(roles)]
+        self._rendezvous_dirs: list[str] = []
         self.policy_ranks = self.sets[0]
         self.critic_ranks = self.sets[1] if len(self.sets) > 1 else []
         for i, ranks in enumerate(self.sets):
-            addr, port = ray.get(_rendezvous.options(scheduling_strategy=self._bundle(i * W)).remote())
-            ray.get([a.init_distributed.remote(r, W, addr, port) for r, a in enumerate(ranks)])
+            addr, port, store = ray.get(_rendezvous.options(scheduling_strategy=self._bundle(i * W)).remote())
+            if store is not None:  # on this machine (loopback cluster): removed at shutdown
+                self._rendezvous_dirs.append(os.path.dirname(store))
+            ray.get([a.init_distributed.remote(r, W, addr, port, store) for r, a in enumerate(ranks)])
         logger.info("learner group ready: %d ranks x %s", W, roles)
 
     def _bundle(self, index: int) -> PlacementGroupSchedulingStrategy:
@@ -167,3 +178,5 @@ class LearnerGroup:
         for actor in self.all_ranks:
             ray.kill(actor)
         remove_placement_group(self.pg)
+        for directory in self._rendezvous_dirs:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -83,12 +83,22 @@ def train_dtype(cfg: LearnerConfig) -> torch.dtype:
 # ----------------------------------------------------------------------------- DeepSpeed
 
 
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-    """Join the process group (gloo on CPU, NCCL on GPU) with rank 0 as the rendezvous."""
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int,
+                     rendezvous_file: str | None = None) -> None:
+    """Join the process group (gloo on CPU, NCCL on GPU) with rank 0 as the rendezvous.
+
+    With ``rendezvous_file`` (ranks on one machine, a loopback cluster) the ranks meet
+    through that file and gloo talks over ``lo``: torch's TCP rendezvous server would
+    listen on every interface, whatever ``master_addr`` says.
+    """
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                       LOCAL_WORLD_SIZE="1", MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
     if not uses_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if rendezvous_file is not None and not uses_cuda():
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        store = torch.distributed.FileStore(rendezvous_file, world_size)
+        torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if uses_cuda() else "gloo",

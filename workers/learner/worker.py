@@ -58,12 +58,15 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ setup
 
-    def init_distributed(self, rank: int = 0, world_size: int = 1,
-                         master_addr: str = "127.0.0.1", master_port: int = 29500) -> None:
-        """Join the process group (rank 0 is the rendezvous) and build the engines."""
+    def init_distributed(self, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                         master_port: int = 29500, rendezvous_file: str | None = None) -> None:
+        """Join the process group (rank 0 is the rendezvous) and build the engines.
+
+        ``rendezvous_file``: meet through a file instead of a TCP server (one machine only).
+        """
         self.rank, self.world_size = rank, world_size
         if self.cfg.engine == "deepspeed":
-            eng.init_distributed(rank, world_size, master_addr, master_port)
+            eng.init_distributed(rank, world_size, master_addr, master_port, rendezvous_file)
         elif world_size != 1:
             raise ValueError("learner.engine=torch runs one rank; use deepspeed for more")
         self._seed_all(self.seed)
