@@ -74,6 +74,14 @@ def test_a_job_submitted_without_waiting_can_be_stopped(ray_head: RayHead, toywo
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"submitted {submission_id}" in result.stdout
 
+    # Stop it once it runs: a stop while Ray still sets up the job's environment (PENDING)
+    # can leave the entrypoint to start afterwards, unsupervised, holding cluster resources.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = _submit(["--address", url, "--status", submission_id], env)
+        if f"{submission_id}: RUNNING" in status.stdout:
+            break
+        time.sleep(1.0)
     result = _submit(["--address", url, "--stop", submission_id], env)
     assert result.returncode == 0 and f"{submission_id}: stop requested" in result.stdout, result.stdout
     deadline = time.monotonic() + 120
