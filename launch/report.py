@@ -30,8 +30,8 @@ PLOT_GROUPS = {
 }
 
 
-def progress_bar(total: int, initial: int = 0) -> tqdm:
-    return tqdm(total=total, initial=initial, desc="StePPO", unit="step", file=sys.stderr,
+def progress_bar(total: int, initial: int = 0, desc: str = "StePPO") -> tqdm:
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr,
                 dynamic_ncols=True, leave=True)
 
 

@@ -84,8 +84,12 @@ def _batches(gold: list[Any], cfg: Config, epoch: int) -> list[list[Any]]:
     return [[gold[i] for i in order[s:min(s + per_call, usable)]] for s in range(0, usable, per_call)]
 
 
-def run_sft(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """The whole warm start; returns the summary also written to ``run_dir/summary.json``."""
+def run_sft(cfg: Config, run_dir: Path, retrieval: RetrievalGroup | None = None,
+            rollout: RolloutGroup | None = None) -> dict[str, Any]:
+    """The whole warm start; returns the summary also written to ``run_dir/summary.json``.
+
+    ``retrieval``/``rollout``: running groups to reuse (left running at the end).
+    """
     from workers.rollout.worker import concat_trajectories
 
     cfg, model_path = _prepare_inputs(cfg)
@@ -94,8 +98,10 @@ def run_sft(cfg: Config, run_dir: Path) -> dict[str, Any]:
     rows = read_rows(data_dir / f"train.{cfg.data.format}")[: cfg.sft.max_rows]
     val_path = data_dir / f"validation.{cfg.data.format}"
     val_rows = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() else []
-    retrieval = RetrievalGroup(cfg.retrieval)
-    retrieval.wait_ready()
+    shared = [g for g in (retrieval, rollout) if g is not None]
+    if retrieval is None:
+        retrieval = RetrievalGroup(cfg.retrieval)
+        retrieval.wait_ready()
     started = time.perf_counter()
     gold = build_gold(cfg, model_path, rows, retrieval.search)
     steps_per_epoch = len(gold) // cfg.sft.batch_size
@@ -103,20 +109,24 @@ def run_sft(cfg: Config, run_dir: Path) -> dict[str, Any]:
         raise ConfigError("sft.batch_size", f"{cfg.sft.batch_size} is more than the {len(gold)} training rows")
     total = math.ceil(cfg.sft.epochs * steps_per_epoch)
     learner = LearnerGroup(sft_learner_config(cfg), model_path, seed=cfg.seed, total_steps=total)
-    rollout = RolloutGroup(cfg.rollout, model_path, retrieval.search, topk=cfg.retrieval.topk,
-                           dtype=cfg.model.dtype) if val_rows else None
+    if rollout is None and val_rows:
+        rollout = RolloutGroup(cfg.rollout, model_path, retrieval.search, topk=cfg.retrieval.topk,
+                               dtype=cfg.model.dtype)
     tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard, run_name=run_dir.name)
     logger.info("SFT: %d gold trajectories, %d optimizer steps", len(gold), total)
     step, epoch, final_eval, checkpoint = 0, 0, {}, None
-    bar = progress_bar(total)
-    bar.set_description("SFT")
+    bar = progress_bar(total, desc="SFT")
     try:
         while step < total:
             for call in _batches(gold, cfg, epoch):
                 call = call[: (total - step) * cfg.sft.batch_size]
                 if not call:
                     break
-                metrics = learner.sft_update(ray.put(concat_trajectories(call)))
+                batch = concat_trajectories(call)
+                tick = time.perf_counter()
+                metrics = learner.sft_update(ray.put(batch))
+                tokens = int(batch.prompt_lengths.sum() + batch.response_lengths.sum())
+                metrics["sft/tokens_per_s"] = tokens / max(time.perf_counter() - tick, 1e-9)
                 done = len(call) // cfg.sft.batch_size
                 step += done
                 bar.update(done)
@@ -124,15 +134,16 @@ def run_sft(cfg: Config, run_dir: Path) -> dict[str, Any]:
                     final_eval = _evaluate(learner, rollout, val_rows, step)
                     metrics.update(final_eval)
                     checkpoint = _save(learner, run_dir, step, model_path)
-                tracker.log(step, {**metrics, "sft/epoch": epoch + step / max(1, total)})
+                tracker.log(step, {**metrics, "sft/epoch": step / steps_per_epoch})
                 bar.set_postfix(loss=f"{metrics.get('sft/loss', float('nan')):.3f}",
+                                tok_s=f"{metrics['sft/tokens_per_s']:.0f}",
                                 val_em=f"{final_eval.get('eval/em', float('nan')):.3f}")
             epoch += 1
         bar.close()
     finally:
         tracker.close()
         for group in (learner, rollout, retrieval):
-            if group is not None:
+            if group is not None and not any(group is g for g in shared):
                 group.shutdown()
     summary = {"run_dir": str(run_dir), "steps": step, "wall_s": time.perf_counter() - started,
                "policy": str(checkpoint / "learner" / "hf") if checkpoint else None, "eval": final_eval}

@@ -248,7 +248,11 @@ class LearnerConfig:
     num_ranks: int = 1
     """Data-parallel ranks (Ray actors) of the policy and of the critic."""
     num_cpus_per_rank: float = 1.0
-    """CPUs reserved per rank."""
+    """CPUs reserved per rank (a Ray scheduling slot)."""
+    num_threads: Optional[int] = None
+    """Torch threads per rank on CPU. None: the node's cores shared among the ranks (the
+    learner runs while rollout waits, so it may use them all); Ray alone would give one
+    thread per reserved CPU."""
     num_gpus_per_rank: float = 0.0
     """GPUs per rank."""
     zero_stage: int = 0
@@ -516,6 +520,8 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size")
     _non_negative(cfg, "trainer.eval_every", "trainer.save_every")
     _validate_learner(cfg)
+    if cfg.learner.num_threads is not None:
+        _positive(cfg, "learner.num_threads")
     _positive(cfg, "sft.epochs", "sft.lr", "sft.batch_size", "sft.micro_batch_size", "sft.steps_per_call")
     _non_negative(cfg, "sft.warmup_steps", "sft.eval_every")
     _require(cfg.sft.batch_size % (cfg.sft.micro_batch_size * cfg.learner.num_ranks) == 0, "sft.micro_batch_size",

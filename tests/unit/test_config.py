@@ -12,6 +12,8 @@ from workers.config import Config, ConfigError, validate
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir())
 PRESETS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
 NEEDS_INPUT = {"musique", "hotpotqa"}
+ADDED = {"experiment"}
+"""Groups not in the defaults list: selected with ``+group=preset``."""
 
 
 def test_the_groups_the_design_names_exist() -> None:
@@ -24,7 +26,7 @@ def test_the_groups_the_design_names_exist() -> None:
 
 @pytest.mark.parametrize(("group", "preset"), PRESETS, ids=[f"{g}={p}" for g, p in PRESETS])
 def test_every_preset_composes_and_validates(group: str, preset: str) -> None:
-    overrides = [f"{group}={preset}"]
+    overrides = [f"{'+' if group in ADDED else ''}{group}={preset}"]
     if preset in NEEDS_INPUT:
         overrides.append("data.input_path=some/file.json")
     if group == "learner" and preset != "cpu":
@@ -65,6 +67,7 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["retrieval.topk=0"], "retrieval.topk"),
     (["server.port=70000"], "server.port"),
     (["data.toyworld.hops=[5]"], "data.toyworld.hops"),
+    (["learner.num_threads=0"], "learner.num_threads"),
 ])
 def test_bad_values_fail_fast_naming_the_field(override: list[str], field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -78,3 +81,24 @@ def test_validate_works_on_plain_dataclasses() -> None:
     cfg.reward.answer_metric = "bleu"
     with pytest.raises(ConfigError, match=r"reward.answer_metric: must be one of \['f1', 'em'\]"):
         validate(cfg)
+
+
+def test_the_learning_experiment_preset_composes_with_every_reward_arm() -> None:
+    for arm in ("stepsearch", "outcome_only"):
+        cfg = load_config(["+experiment=toyworld_learning", f"reward={arm}"])
+        assert cfg.reward.name == arm and cfg.rollout.max_turns == 4
+        assert cfg.data.output_dir != load_config().data.output_dir  # its own, larger world
+
+
+def test_learner_threads_default_to_the_cores_shared_among_ranks() -> None:
+    import os
+
+    from workers.learner.worker import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(Config().learner) == cores
+    two = Config().learner
+    two.num_ranks = 2
+    assert cpu_threads(two) == max(1, cores // 2)
+    two.num_threads = 3
+    assert cpu_threads(two) == 3

@@ -11,6 +11,7 @@ CPU or GPU; on CPU DeepSpeed's CPU accelerator over gloo.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 from collections.abc import Sequence
@@ -39,6 +40,14 @@ _SUMMED = (ppo.POLICY_LOSS, ppo.VALUE_LOSS, ppo.APPROX_KL, ppo.CLIPFRAC, ppo.VAL
 """Update metrics that are token means over the global mini-batch: ranks add them up."""
 
 
+def cpu_threads(cfg: LearnerConfig) -> int:
+    """Torch threads for one CPU rank: ``cfg.num_threads``, else the cores shared among the ranks."""
+    if cfg.num_threads is not None:
+        return cfg.num_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // cfg.num_ranks)
+
+
 class LearnerWorker:
     """One rank holding the policy with its reference and/or the critic (``roles``)."""
 
@@ -65,6 +74,8 @@ class LearnerWorker:
         ``rendezvous_file``: meet through a file instead of a TCP server (one machine only).
         """
         self.rank, self.world_size = rank, world_size
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(self.cfg))
         if self.cfg.engine == "deepspeed":
             eng.init_distributed(rank, world_size, master_addr, master_port, rendezvous_file)
         elif world_size != 1:
