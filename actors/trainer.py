@@ -94,20 +94,31 @@ class StePPOTrainer:
         self.rollout_group: RolloutGroup | None = None
         self.reward: RewardGroup | None = None
         self.learner: LearnerGroup | None = None
+        self._shared: tuple[Any, ...] = ()
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self) -> None:
-        """Start the actors: retrieval first (rollout workers call it), then the rest."""
+    def setup(self, retrieval: RetrievalGroup | None = None, rollout: RolloutGroup | None = None) -> None:
+        """Start the actors: retrieval first (rollout workers call it), then the rest.
+
+        ``retrieval``/``rollout``: running groups to reuse (an experiment running several
+        arms on one set of engines); they get this run's initial weights and are left
+        running at ``shutdown``.
+        """
         cfg = self.cfg
-        self.retrieval = RetrievalGroup(cfg.retrieval, device=_device(cfg))
-        self.retrieval.wait_ready()
-        self.rollout_group = RolloutGroup(cfg.rollout, self.model_path, self.retrieval.search,
-                                          topk=cfg.retrieval.topk, dtype=cfg.model.dtype,
-                                          trust_remote_code=cfg.model.trust_remote_code)
+        self._shared = tuple(g for g in (retrieval, rollout) if g is not None)
+        if retrieval is None:
+            retrieval = RetrievalGroup(cfg.retrieval, device=_device(cfg))
+            retrieval.wait_ready()
+        self.retrieval = retrieval
+        self.rollout_group = rollout or RolloutGroup(cfg.rollout, self.model_path, retrieval.search,
+                                                     topk=cfg.retrieval.topk, dtype=cfg.model.dtype,
+                                                     trust_remote_code=cfg.model.trust_remote_code)
         self.reward = RewardGroup(cfg.reward)
         self.learner = LearnerGroup(cfg.learner, self.model_path, seed=cfg.seed,
                                     total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples)
+        if rollout is not None:  # it may hold another run's weights
+            self.sync_weights()
 
     def resume(self) -> Path | None:
         """Continue from ``trainer.resume`` (auto: the newest complete checkpoint of the run)."""
@@ -184,11 +195,12 @@ class StePPOTrainer:
 
     # ------------------------------------------------------------------ every k steps
 
-    def evaluate(self) -> dict[str, float]:
-        """Greedy rollouts on the validation prompts, scored for EM/F1/searches."""
-        if not self.eval_rows:
+    def evaluate(self, rows: list[QARow] | None = None) -> dict[str, float]:
+        """Greedy rollouts on ``rows`` (default: the validation prompts), scored for EM/F1/searches."""
+        rows = self.eval_rows if rows is None else rows
+        if not rows:
             return {}
-        traj_ref = self.rollout(self.eval_rows, greedy=True, seed=0)
+        traj_ref = self.rollout(rows, greedy=True, seed=0)
         return ray.get(_eval_summary.remote(traj_ref))
 
     def checkpoint(self) -> Path:
@@ -201,8 +213,9 @@ class StePPOTrainer:
                                            "config": asdict(self.cfg)})
 
     def shutdown(self) -> None:
+        """Stop the actors this trainer started (shared groups given to ``setup`` stay up)."""
         for group in (self.learner, self.rollout_group, self.reward, self.retrieval):
-            if group is not None:
+            if group is not None and not any(group is g for g in self._shared):
                 group.shutdown()
 
 

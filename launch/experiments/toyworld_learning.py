@@ -1,0 +1,254 @@
+"""Does it learn? SFT warm start, then StePPO vs outcome-only PPO on toyworld, several seeds.
+
+    python -m launch.experiments.toyworld_learning                         # the whole experiment
+    python -m launch.experiments.toyworld_learning sft_policy=DIR          # reuse an SFT policy
+    python -m launch.experiments.toyworld_learning seeds=1 trainer.total_steps=2 sft.epochs=0.1
+
+Tool arguments (top-level keys; every other key=value is a Hydra override applied on top
+of ``+experiment=toyworld_learning``):
+  sft_policy=DIR   start RL from this Hugging Face policy instead of running SFT first
+  seeds=1,2,3      RL seeds; each arm runs once per seed, same steps
+  arms=stepsearch,outcome_only   reward presets to compare
+  test_size=N      held-out (test split) questions scored before and after RL (default: all)
+  out=DIR          where the JSON, the markdown table and the plot go (default: the run dir)
+  run_dir=DIR      runs of SFT and of every arm (default: runs/learning-<time>)
+
+Runs in the user's process on one Ray cluster: one retrieval group and one rollout group
+serve SFT and every RL run (each run pushes its own weights first), a fresh learner and
+reward group per run. Every run writes its usual ``metrics.jsonl``; held-out numbers come
+from the test split, which nothing here tunes on (curves use the validation split).
+Writes ``toyworld_learning.json``, ``toyworld_learning.md`` and ``toyworld_learning.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from actors.cluster import init_ray
+from actors.retrieval import RetrievalGroup
+from actors.rollout import RolloutGroup
+from actors.trainer import StePPOTrainer
+from launch.cli import run_tool, split_tool_args
+from launch.config import load_config
+from launch.report import print_step, progress_bar
+from launch.sft import run_sft
+from launch.train import _prepare_inputs
+from workers.config import Config, ConfigError
+from workers.data.rows import QARow, read_rows
+from workers.evaluation import (
+    EVAL_EM,
+    EVAL_F1,
+    EVAL_FORMAT_OK,
+    EVAL_GOLD_HIT,
+    EVAL_REDUNDANCY,
+    EVAL_SEARCHES,
+    evaluate_trajectories,
+)
+from workers.tracking import MetricsLogger, read_metrics
+
+logger = logging.getLogger("launch.experiments.toyworld_learning")
+
+EXPERIMENT = "+experiment=toyworld_learning"
+TOOL_ARGS = ("sft_policy", "seeds", "arms", "test_size", "out", "run_dir")
+REPORTED = {"em": EVAL_EM, "f1": EVAL_F1, "searches": EVAL_SEARCHES, "gold_hit": EVAL_GOLD_HIT,
+            "redundancy": EVAL_REDUNDANCY, "format_ok": EVAL_FORMAT_OK}
+"""Held-out numbers in the results, by their name there."""
+ARM_NAMES = {"stepsearch": "steppo"}
+"""Result keys of the reward presets (the rest keep their preset name)."""
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ConfigError(name, f"expected comma-separated integers, got {text!r}") from exc
+
+
+def held_out(metrics: dict[str, float]) -> dict[str, float]:
+    """The reported subset of an evaluation, under its short names."""
+    return {name: float(metrics.get(key, 0.0)) for name, key in REPORTED.items()}
+
+
+def evaluate_rows(rollout: RolloutGroup, rows: list[QARow]) -> dict[str, float]:
+    """Greedy rollouts of ``rows`` with the rollout group's current weights."""
+    return evaluate_trajectories(ray.get(rollout.rollout(rows, greedy=True, seed=0))).metrics()
+
+
+def run_arm(cfg: Config, run_dir: Path, policy: str, retrieval: RetrievalGroup, rollout: RolloutGroup,
+            test_rows: list[QARow], start_eval: dict[str, float]) -> dict[str, Any]:
+    """One RL run from ``policy``; validation curve in its metrics, test numbers at the end."""
+    trainer = StePPOTrainer(replace(cfg, trainer=replace(cfg.trainer, resume="never")), run_dir, policy)
+    tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard, run_name=run_dir.name)
+    started = time.perf_counter()
+    try:
+        trainer.setup(retrieval, rollout)
+        tracker.log(0, start_eval)  # the warm start's validation numbers, the curves' first point
+        total = cfg.trainer.total_steps
+        bar = progress_bar(total, desc=run_dir.name)
+        while trainer.step < total:
+            metrics = trainer.train_step()
+            if trainer.step % cfg.trainer.eval_every == 0 or trainer.step == total:
+                metrics.update(trainer.evaluate())
+            tracker.log(trainer.step, metrics)
+            print_step(trainer.step, total, metrics, bar)
+            bar.update(1)
+        bar.close()
+        test = held_out(trainer.evaluate(test_rows))
+    finally:
+        tracker.close()
+        trainer.shutdown()
+    result = {"seed": cfg.seed, **test, "wall_s": time.perf_counter() - started, "run_dir": str(run_dir)}
+    (run_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def mean_of(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.fmean(r[key] for r in runs) if runs else float("nan")
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Held-out numbers before RL and after each arm (mean ± spread over seeds)."""
+    lines = ["| policy | EM | F1 | searches / episode | searches hitting gold | redundancy |",
+             "|---|---|---|---|---|---|"]
+    sft = results["sft"]
+    lines.append(f"| SFT warm start | {sft['em']:.3f} | {sft['f1']:.3f} | {sft['searches']:.2f} | "
+                 f"{sft['gold_hit']:.3f} | {sft['redundancy']:.3f} |")
+    for arm in results["arms"]:
+        runs = results[arm]
+        cells = []
+        for key, fmt in (("em", "{:.3f}"), ("f1", "{:.3f}"), ("searches", "{:.2f}"), ("gold_hit", "{:.3f}"),
+                         ("redundancy", "{:.3f}")):
+            values = [r[key] for r in runs]
+            spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{fmt.format(statistics.fmean(values))} ± {fmt.format(spread)}")
+        seeds = ",".join(str(r["seed"]) for r in runs)
+        lines.append(f"| after {results['steps']} steps of {arm} (seeds {seeds}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Per seed (test EM / F1): " + "; ".join(
+        f"{arm} seed {r['seed']}: {r['em']:.3f} / {r['f1']:.3f}" for arm in results["arms"] for r in results[arm]))
+    return "\n".join(lines) + "\n"
+
+
+CURVES = (
+    ("validation F1", "eval/f1"),
+    ("validation EM", "eval/em"),
+    ("validation: searches hitting gold", "eval/gold_hit"),
+    ("validation: redundancy", "eval/redundancy"),
+    ("train rollouts: answer F1", "reward/answer_f1"),
+    ("train rollouts: outcome reward", "reward/outcome"),
+    ("train rollouts: information gain (StePPO)", "reward/info_gain"),
+    ("train rollouts: redundancy penalty (StePPO)", "reward/redundancy"),
+)
+
+
+def plot_arms(runs: dict[str, list[dict[str, Any]]], out: Path) -> Path:
+    """One panel per curve: every seed thin, the mean over seeds thick, one colour per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    for ax, (title, key) in zip(axes.flat, CURVES, strict=True):
+        for i, (arm, arm_runs) in enumerate(runs.items()):
+            color = f"C{i}"
+            series = []
+            for run in arm_runs:
+                points = [(r["step"], r[key]) for r in read_metrics(Path(run["run_dir"]) / "metrics.jsonl") if key in r]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, color=color, alpha=0.3, linewidth=1)
+                    series.append(dict(points))
+            steps = sorted(set().union(*series)) if series else []
+            means = [statistics.fmean(s[x] for s in series if x in s) for x in steps]
+            if steps:
+                ax.plot(steps, means, color=color, linewidth=2.5, label=arm)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """SFT (unless given), the SFT policy's held-out numbers, then every arm x seed."""
+    seeds = _ints(args.get("seeds", "1,2,3"), "seeds")
+    arms = [a for a in args.get("arms", "stepsearch,outcome_only").split(",") if a]
+    if not seeds or not arms:
+        raise ConfigError("seeds" if not seeds else "arms", "needs at least one value")
+    run_root = Path(args.get("run_dir") or f"runs/learning-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.get("out") or run_root)
+    run_root.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    arm_cfgs = {(arm, seed): load_config([EXPERIMENT, *overrides, f"reward={arm}", f"seed={seed}"])
+                for arm in arms for seed in seeds}  # every config error before any work
+    started = time.perf_counter()
+    init_ray(cfg.cluster, logging_level="WARNING")
+    cfg, base_policy = _prepare_inputs(cfg)
+    data_dir = Path(cfg.data.output_dir)
+    test_rows = read_rows(data_dir / f"test.{cfg.data.format}")
+    if "test_size" in args:
+        test_rows = test_rows[: _ints(args["test_size"], "test_size")[0]]
+    val_rows = read_rows(data_dir / f"validation.{cfg.data.format}")[: cfg.trainer.eval_size]
+    retrieval = RetrievalGroup(cfg.retrieval)
+    retrieval.wait_ready()
+    policy = args.get("sft_policy")
+    rollout = RolloutGroup(cfg.rollout, policy or base_policy, retrieval.search, topk=cfg.retrieval.topk,
+                           dtype=cfg.model.dtype)
+    try:
+        sft_wall = 0.0
+        if policy is None:
+            summary = run_sft(cfg, run_root / "sft", retrieval, rollout)  # leaves its final weights in rollout
+            policy, sft_wall = summary["policy"], summary["wall_s"]
+        logger.info("scoring the warm start on %d test and %d validation questions", len(test_rows), len(val_rows))
+        sft_test = held_out(evaluate_rows(rollout, test_rows))
+        sft_val = evaluate_rows(rollout, val_rows)
+        print(f"SFT policy {policy}: test {json.dumps(sft_test)}")
+        runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+        for seed in seeds:  # seeds outermost: a partial experiment still compares the arms
+            for arm in arms:
+                arm_cfg, _ = _prepare_inputs(arm_cfgs[(arm, seed)])
+                result = run_arm(arm_cfg, run_root / f"{arm}-seed{seed}", policy, retrieval, rollout,
+                                 test_rows, sft_val)
+                runs[arm].append(result)
+                print(f"{arm} seed {seed}: test {json.dumps({k: round(result[k], 4) for k in REPORTED})}")
+    finally:
+        rollout.shutdown()
+        retrieval.shutdown()
+    results: dict[str, Any] = {
+        "sft": {**sft_test, "policy": policy, "wall_s": sft_wall},
+        **{ARM_NAMES.get(arm, arm): runs[arm] for arm in arms},
+        "arms": [ARM_NAMES.get(arm, arm) for arm in arms],
+        "steps": cfg.trainer.total_steps,
+        "test_questions": len(test_rows),
+        "wall_s": time.perf_counter() - started,
+        "command": " ".join(["python -m launch.experiments.toyworld_learning", *sys.argv[1:]]),
+    }
+    (out / "toyworld_learning.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "toyworld_learning.md").write_text(markdown_table(results))
+    plot_arms({ARM_NAMES.get(arm, arm): runs[arm] for arm in arms}, out / "toyworld_learning.png")
+    print(markdown_table(results))
+    print(f"results: {out / 'toyworld_learning.json'}  plot: {out / 'toyworld_learning.png'}  "
+          f"wall {results['wall_s']:.0f} s")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = split_tool_args(sys.argv[1:] if argv is None else argv, TOOL_ARGS)
+    return run_tool(lambda cfg: experiment(cfg, args, overrides) and 0, [EXPERIMENT, *overrides], __doc__ or "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

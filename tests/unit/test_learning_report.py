@@ -1,0 +1,27 @@
+"""The learning experiment's report: held-out subset and the markdown table."""
+
+from __future__ import annotations
+
+from launch.experiments.toyworld_learning import held_out, markdown_table
+
+
+def _result(seed: int, em: float) -> dict:
+    return {"seed": seed, "em": em, "f1": em + 0.1, "searches": 2.5, "gold_hit": 0.5, "redundancy": 0.1}
+
+
+def test_held_out_keeps_the_reported_metrics_under_short_names() -> None:
+    metrics = {"eval/em": 0.25, "eval/f1": 0.5, "eval/searches": 3.0, "eval/gold_hit": 0.4,
+               "eval/redundancy": 0.2, "eval/format_ok": 1.0, "eval/toyworld/em": 0.25, "eval/count": 8.0}
+    assert held_out(metrics) == {"em": 0.25, "f1": 0.5, "searches": 3.0, "gold_hit": 0.4, "redundancy": 0.2,
+                                 "format_ok": 1.0}
+    assert held_out({})["em"] == 0.0
+
+
+def test_table_has_the_warm_start_and_each_arm_with_mean_and_spread() -> None:
+    results = {"sft": _result(0, 0.1), "steppo": [_result(1, 0.2), _result(2, 0.4)],
+               "outcome_only": [_result(1, 0.1), _result(2, 0.1)], "arms": ["steppo", "outcome_only"], "steps": 12}
+    lines = markdown_table(results).splitlines()
+    assert lines[2].startswith("| SFT warm start | 0.100 | 0.200 |")
+    assert lines[3].startswith("| after 12 steps of steppo (seeds 1,2) | 0.300 ± 0.100 | 0.400 ± 0.100 |")
+    assert lines[4].startswith("| after 12 steps of outcome_only (seeds 1,2) | 0.100 ± 0.000 |")
+    assert "steppo seed 2: 0.400 / 0.500" in lines[-1]
