@@ -55,8 +55,10 @@ def test_two_zero2_ranks_match_one_rank(ray_cluster: dict, tmp_path: Path) -> No
     assert np.abs(policy2[0] - start).max() > 1e-4  # the step did move the weights
     np.testing.assert_array_equal(policy2[0], policy2[1])
     np.testing.assert_array_equal(critic2[0], critic2[1])
-    np.testing.assert_allclose(policy2[0], policy1[0], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(critic2[0], critic1[0], atol=1e-5, rtol=0)
+    # Each rank sorts its share into micro-batches by length, so sums run in another order:
+    # equal up to float rounding, far below the step size (lr 1e-3).
+    np.testing.assert_allclose(policy2[0], policy1[0], atol=5e-5, rtol=0)
+    np.testing.assert_allclose(critic2[0], critic1[0], atol=5e-5, rtol=0)
     # Same gradient, not only the same Adam step (Adam hides a constant factor).
     assert m2["ppo/grad_norm"] == pytest.approx(m1["ppo/grad_norm"], rel=1e-4)
     assert m2["ppo/critic_grad_norm"] == pytest.approx(m1["ppo/critic_grad_norm"], rel=1e-4)

@@ -119,13 +119,12 @@ def test_observation_tokens_get_no_gradient(model_path: str) -> None:
     worker.init_distributed()
     assert worker.policy is not None
     idx = np.arange(2)
-    inputs, response = worker._inputs(traj, idx)
+    inputs, response, mask = worker._inputs(traj, idx)
     logprobs, entropy = mdl.policy_forward(worker.policy, inputs, response, with_entropy=True)
     assert entropy is not None
     logprobs.retain_grad()
     entropy.retain_grad()
-    mask = torch.from_numpy(traj.action_mask.astype(np.float32))
-    adv = torch.randn(2, traj.response_ids.shape[1])
+    adv = torch.randn(*response.shape)
     loss, _ = ppo.actor_loss(logprobs, logprobs.detach(), adv, mask, entropy)
     loss.backward()
     assert logprobs.grad is not None and entropy.grad is not None
@@ -205,3 +204,22 @@ def test_grpo_update_without_critic(model_path: str) -> None:
     np.testing.assert_allclose(first[0::2], -first[1::2], atol=1e-5)
     metrics = worker.ppo_update(traj, targets)
     assert ppo.VALUE_LOSS not in metrics and np.isfinite(metrics[ppo.POLICY_LOSS])
+
+
+def test_micro_batches_are_cut_to_their_own_lengths_without_changing_results(model_path: str) -> None:
+    traj, _ = make_batch(B=4)
+    worker = LearnerWorker(tiny_cfg(micro_batch_size=1), model_path)
+    worker.init_distributed()
+    short = int(np.argmin(traj.response_lengths))
+    inputs, response, mask = worker._inputs(traj, np.array([short]))
+    t = int(traj.response_lengths[short])
+    assert response.shape == (1, t) and mask.shape == (1, t)
+    assert inputs.input_ids.shape[1] == int(traj.prompt_lengths[short]) + t
+    whole = LearnerWorker(tiny_cfg(micro_batch_size=4), model_path)  # one micro-batch at full width
+    whole.init_distributed()
+    cut, full = worker.compute(traj), whole.compute(traj)
+    assert cut["old_logprobs"].shape == full["old_logprobs"].shape == traj.response_ids.shape
+    np.testing.assert_allclose(cut["old_logprobs"], full["old_logprobs"], atol=1e-4)
+    order = worker._micro_chunks(np.arange(4), traj)
+    lengths = [int(traj.prompt_lengths[c[0]] + traj.response_lengths[c[0]]) for c in order]
+    assert lengths == sorted(lengths)

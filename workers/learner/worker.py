@@ -108,13 +108,29 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ forward-only passes
 
-    def _inputs(self, batch: TrajectoryBatch, idx: np.ndarray) -> tuple[mdl.ModelInputs, Tensor]:
-        inputs = mdl.make_inputs(batch.prompt_ids[idx], batch.prompt_lengths[idx],
-                                 batch.response_ids[idx], batch.response_lengths[idx], self.device)
-        response = torch.from_numpy(batch.response_ids[idx].astype(np.int64)).to(self.device)
-        return inputs, response  # (b, P+T) inputs, (b, T) response
+    def _inputs(self, batch: TrajectoryBatch, idx: np.ndarray) -> tuple[mdl.ModelInputs, Tensor, Tensor]:
+        """Model inputs, response ids and action mask of rows ``idx``, cut to their own
+        longest prompt and response (a batch is padded to its longest sample; a micro-batch
+        need not be). The response width ``t = response.shape[1]`` may be less than the
+        batch's ``T``: per-token targets are taken with ``_take(rows, idx, t)``."""
+        P = batch.prompt_ids.shape[1]
+        p = int(batch.prompt_lengths[idx].max(initial=1))
+        t = max(int(batch.response_lengths[idx].max(initial=1)), 1)
+        response_ids = batch.response_ids[idx, :t]
+        inputs = mdl.make_inputs(batch.prompt_ids[idx, P - p:], batch.prompt_lengths[idx], response_ids,
+                                 batch.response_lengths[idx], self.device)
+        response = torch.from_numpy(response_ids.astype(np.int64)).to(self.device)
+        mask = torch.from_numpy(batch.action_mask[idx, :t].astype(np.float32)).to(self.device)
+        return inputs, response, mask  # (b, p+t) inputs, (b, t) response and mask
 
-    def _micro_chunks(self, idx: np.ndarray) -> list[np.ndarray]:
+    def _micro_chunks(self, idx: np.ndarray, batch: TrajectoryBatch | None = None) -> list[np.ndarray]:
+        """Micro-batches of ``idx`` in order; given ``batch``, of similar lengths (less padding).
+
+        Sorting is for updates only: their loss is a sum over the micro-batches of a
+        mini-batch, so the order inside it does not change the step.
+        """
+        if batch is not None:
+            idx = idx[np.argsort(batch.prompt_lengths[idx] + batch.response_lengths[idx], kind="stable")]
         size = self.cfg.micro_batch_size
         return [idx[i:i + size] for i in range(0, len(idx), size)]
 
@@ -129,19 +145,21 @@ class LearnerWorker:
         if lo is None or hi is None:
             lo, hi = rank_range(len(batch), self.rank, self.world_size)
         out: dict[str, list[Tensor]] = {}
+        T = batch.response_ids.shape[1]
         for chunk in self._micro_chunks(np.arange(lo, hi)):
-            inputs, response = self._inputs(batch, chunk)
+            inputs, response, _ = self._inputs(batch, chunk)
+            pad = (0, T - response.shape[1])  # back to the batch's width
             if self.policy is not None:
                 self.policy.module.eval()
                 logp, _ = mdl.policy_forward(self.policy, inputs, response)
-                out.setdefault("old_logprobs", []).append(logp)
+                out.setdefault("old_logprobs", []).append(torch.nn.functional.pad(logp, pad))
             if self.ref is not None:
                 ref_logp, _ = mdl.policy_forward(self.ref, inputs, response)
-                out.setdefault("ref_logprobs", []).append(ref_logp)
+                out.setdefault("ref_logprobs", []).append(torch.nn.functional.pad(ref_logp, pad))
             if self.critic is not None:
                 self.critic.module.eval()
-                out.setdefault("values", []).append(mdl.critic_forward(self.critic, inputs,
-                                                                       response.shape[1]))
+                values = mdl.critic_forward(self.critic, inputs, response.shape[1])
+                out.setdefault("values", []).append(torch.nn.functional.pad(values, pad))
         mask = torch.from_numpy(batch.action_mask[lo:hi].astype(np.float32))
         return {k: (torch.cat(v).cpu() * mask).numpy() for k, v in out.items()}
 
@@ -192,9 +210,8 @@ class LearnerWorker:
         self.policy.module.train()
         for mb in batches:
             n = max(float(batch.action_mask[mb].sum()), 1.0)
-            for chunk in self._micro_chunks(shard_indices(mb, self.rank, self.world_size)):
-                inputs, response = self._inputs(batch, chunk)
-                mask = torch.from_numpy(batch.action_mask[chunk].astype(np.float32)).to(self.device)
+            for chunk in self._micro_chunks(shard_indices(mb, self.rank, self.world_size), batch):
+                inputs, response, mask = self._inputs(batch, chunk)
                 logprobs, _ = mdl.policy_forward(self.policy, inputs, response)
                 loss = -ppo.token_mean(logprobs, mask, n)
                 self.policy.backward(loss)
@@ -210,17 +227,17 @@ class LearnerWorker:
                         num_tokens: float) -> dict[str, float]:
         sums: dict[str, float] = {}
         n = max(num_tokens, 1.0)
-        for chunk in self._micro_chunks(idx):
-            inputs, response = self._inputs(batch, chunk)
-            mask = torch.from_numpy(batch.action_mask[chunk].astype(np.float32)).to(self.device)
+        for chunk in self._micro_chunks(idx, batch):
+            inputs, response, mask = self._inputs(batch, chunk)
+            t = response.shape[1]
             parts: dict[str, Tensor] = {}
             if self.policy is not None:
                 parts.update(self._policy_micro_step(inputs, response, mask, targets, chunk, n))
             if self.critic is not None and targets.old_values is not None:
                 self.critic.module.train()
-                values = mdl.critic_forward(self.critic, inputs, response.shape[1])  # (b, T)
-                v_loss, v_clip = ppo.value_loss(values, self._take(targets.old_values, chunk),
-                                                self._take(targets.returns, chunk),
+                values = mdl.critic_forward(self.critic, inputs, t)  # (b, t)
+                v_loss, v_clip = ppo.value_loss(values, self._take(targets.old_values, chunk, t),
+                                                self._take(targets.returns, chunk, t),
                                                 mask, self.cfg.value_clip, n)
                 self.critic.backward(v_loss)
                 self.critic.step()
@@ -239,10 +256,11 @@ class LearnerWorker:
         self.policy.module.train()
         logprobs, entropy = mdl.policy_forward(self.policy, inputs, response, with_entropy=True)
         assert entropy is not None
-        ref = None if targets.ref_logprobs is None else self._take(targets.ref_logprobs, chunk)
+        t = response.shape[1]
+        ref = None if targets.ref_logprobs is None else self._take(targets.ref_logprobs, chunk, t)
         loss, parts = ppo.actor_loss(
-            logprobs, self._take(targets.old_logprobs, chunk),
-            self._take(targets.advantages, chunk), mask, entropy,
+            logprobs, self._take(targets.old_logprobs, chunk, t),
+            self._take(targets.advantages, chunk, t), mask, entropy,
             clip_ratio=self.cfg.clip_ratio, dual_clip=self.cfg.dual_clip,
             entropy_coef=self.cfg.entropy_coef, ref_logprobs=ref,
             kl_loss_coef=self.cfg.kl_coef if self.cfg.use_kl_loss else 0.0, num_tokens=n)
@@ -250,8 +268,9 @@ class LearnerWorker:
         self.policy.step()
         return parts
 
-    def _take(self, rows: np.ndarray, chunk: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(rows[chunk])).to(self.device)
+    def _take(self, rows: np.ndarray, chunk: np.ndarray, width: int) -> Tensor:
+        """Per-token targets of rows ``chunk``, cut to the micro-batch's response width."""
+        return torch.from_numpy(np.ascontiguousarray(rows[chunk, :width])).to(self.device)
 
     def _reduce_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.world_size == 1 or not torch.distributed.is_initialized():
