@@ -263,11 +263,19 @@ def evaluate(cfg: Config, args: EvalArgs, use_ray: bool = False) -> int:
         result = evaluate_rows(runner, rows, args.batch_size, output)
     finally:
         runner.close()
+    metrics_path = metrics_file(output)
+    metrics_path.write_text(json.dumps({"policy": model_path, "split": args.split, "questions": len(rows),
+                                        **result.overall}, indent=2) + "\n")
     print(f"policy: {model_path}")
     print(f"split: {args.split} ({len(rows)} questions, greedy, engine {cfg.rollout.engine})")
     print(format_table(result))
-    print(f"predictions: {output}")
+    print(f"predictions: {output}\nmetrics:     {metrics_path}")
     return 0
+
+
+def metrics_file(predictions: Path) -> Path:
+    """Where the overall numbers go: ``predictions-test.jsonl`` -> ``predictions-test.metrics.json``."""
+    return predictions.with_name(predictions.stem + ".metrics.json")
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

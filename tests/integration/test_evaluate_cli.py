@@ -52,7 +52,10 @@ def test_evaluate_prints_the_table_and_writes_one_prediction_per_row(toy: dict) 
         assert cells[:2] == [name, "3"] and all(0.0 <= float(c) for c in cells[2:])
     assert "evaluate" in result.stderr  # the progress bar
     path = toy["policy"] / "predictions-test.jsonl"  # the default: beside the checkpoint
-    assert lines[-1] == f"predictions: {path}"
+    assert lines[-2:] == [f"predictions: {path}", f"metrics:     {toy['policy'] / 'predictions-test.metrics.json'}"]
+    overall = json.loads((toy["policy"] / "predictions-test.metrics.json").read_text())
+    assert overall["questions"] == 3 and overall["split"] == "test"
+    assert abs(overall["eval/em"] - float(lines[header + 2].split()[2])) < 1e-3  # the table's "all" row
     records = [json.loads(line) for line in path.read_text().splitlines()]
     rows = read_rows(toy["dir"] / "test.parquet")[:3]
     assert [r["sample_id"] for r in records] == [f"{row.id}#0" for row in rows]
@@ -72,7 +75,8 @@ def test_evaluate_without_checkpoint_uses_the_model_config_policy(toy: dict, tmp
                       f"model.tiny.vocab_size={TINY.vocab_size}", f"model.tiny.num_layers={TINY.num_layers}",
                       "retrieval.method=bm25", *SMALL)
     assert f"policy: {toy['policy']}" in result.stdout
-    assert result.stdout.splitlines()[-1] == f"predictions: {output}"
+    assert result.stdout.splitlines()[-2] == f"predictions: {output}"
+    assert (tmp_path / "val.metrics.json").exists()
     assert len(output.read_text().splitlines()) == 2
 
 
