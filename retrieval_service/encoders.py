@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retrieval_service.packing import Layout, plan_layouts
+from retrieval_service.packing import plan_chunks as plan_chunks  # re-exported from its old home
+
 if TYPE_CHECKING:
     from workers.config import RetrievalConfig
 
@@ -33,44 +36,25 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-PASS_COST_TOKENS = 32
-"""Fixed cost of one forward pass (op dispatch, reading the weights), in padded tokens: measured
-on CPU for MiniLM as ~4.5 ms per pass vs ~0.15-0.25 ms per token (benchmarks/bench_retrieval)."""
-
-
-def plan_chunks(lengths: Sequence[int], max_count: int, pass_cost: int = PASS_COST_TOKENS) -> list[int]:
-    """Split points for ascending ``lengths`` minimizing sum(pass_cost + count * max length).
-
-    Returns the end index of each chunk. Short and long texts go to separate passes instead of
-    padding every short one to the longest (dynamic programming, O(n * max_count)).
-
-    >>> plan_chunks([3, 3, 4, 4, 30, 31], max_count=64)
-    [4, 6]
-    >>> plan_chunks([5, 5, 5, 5], max_count=2)
-    [2, 4]
-    """
-    n = len(lengths)
-    best = [0.0] + [float("inf")] * n  # best[j]: cost of encoding lengths[:j]
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(max(0, j - max_count), j):  # chunk lengths[i:j], its longest is lengths[j-1]
-            cost = best[i] + pass_cost + (j - i) * lengths[j - 1]
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    ends, j = [], n
-    while j > 0:
-        ends.append(j)
-        j = cut[j]
-    return ends[::-1]
+DTYPES = ("float32", "bfloat16", "float16", "int8")
+"""Encoder precisions besides ``auto``; ``int8`` is CPU only (dynamic quantization)."""
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto`` -> float16 on CUDA, float32 on CPU; float32, bfloat16, float16 pass through."""
+    """``auto`` -> float16 on CUDA, float32 on CPU; the others of ``DTYPES`` pass through."""
     if dtype == "auto":
         return "float16" if device.startswith("cuda") else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"encoder dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"encoder dtype must be auto, {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "int8" and device != "cpu":
+        raise ValueError(f"encoder dtype int8 (dynamic quantization) runs on CPU only, not {device!r}")
     return dtype
+
+
+def encoder_threads(num_cpus: float) -> int:
+    """Intra-op threads for an encoder given ``num_cpus`` CPUs: ``floor``, at least 1 (as Ray
+    sets ``OMP_NUM_THREADS`` for an actor, which an inherited variable would override)."""
+    return max(1, int(num_cpus))
 
 
 def resolve_encoder_path(name: str) -> tuple[str, bool]:
@@ -108,15 +92,30 @@ class DenseEncoder:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        model = AutoModel.from_pretrained(path, local_files_only=local_only)
-        on_cuda = self.device.startswith("cuda")
-        if on_cuda and self.dtype != "float32":
-            model = model.to(getattr(torch, self.dtype))  # fp16 on GPU by default, as FlashRAG's e5
+        on_cpu = self.device == "cpu"
+        # On CPU, eager attention beats torch's SDPA kernel for short texts (MiniLM, bf16, 64
+        # queries of ~8 tokens: 0.93 vs 1.09 ms per query) and is no slower on passages.
+        model = AutoModel.from_pretrained(path, local_files_only=local_only,
+                                          attn_implementation="eager" if on_cpu else None)
+        # Several texts per row (packing.py) need BERT's absolute position ids and additive masks.
+        # Only on CPU: on GPUs a custom mask would keep SDPA off its fastest kernels (untested).
+        self.packed = on_cpu and model.config.model_type == "bert"
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # pooled vectors come from last_hidden_state, not BERT's pooler
+        if self.dtype == "int8":
+            from retrieval_service.quantize import quantize_int8
+
+            model = quantize_int8(model)
+        elif self.dtype != "float32":
+            # Weights cast once (fp16 on GPU by default, as FlashRAG's e5). On CPU, bf16 weights
+            # rather than autocast, which re-casts every weight on each forward pass: a single
+            # query then costs 7.0 instead of 4.3 ms, a batched one 1.37 instead of 0.93 ms.
+            model = model.to(getattr(torch, self.dtype))
         self._model = model.to(self.device).eval()
-        # On CPU, reduced precision is autocast (weights and LayerNorms stay fp32): batched
-        # encoding is compute-bound, and CPUs with native bf16 run its matmuls ~2x faster.
-        self._autocast = None if on_cuda or self.dtype == "float32" else getattr(torch, self.dtype)
         self._torch = torch
+        self._pad_id = self._tokenizer.pad_token_id or 0
+        self._token_types = "token_type_ids" in self._tokenizer.model_input_names
+        self._mask_dtype = self._model.get_input_embeddings().weight.dtype  # int8 models embed in fp32
         self.dim = int(self._model.config.hidden_size)
         logger.info("encoder %s (dim %d, %s pooling) on %s, %s", name, self.dim, pooling, self.device, self.dtype)
 
@@ -136,28 +135,46 @@ class DenseEncoder:
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        # Sorted by token count so that each forward pass holds similar lengths: a batch of
-        # mixed queries padded to its longest one costs ~2x the compute (benchmarks/bench_retrieval).
-        lengths = self._tokenizer(texts, truncation=True, max_length=self.max_length, return_length=True)["length"]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        start = 0
-        for end in plan_chunks([lengths[i] for i in order], self.batch_size):
-            idx = order[start:end]
-            out[idx] = self._forward([texts[i] for i in idx])
-            start = end
+        ids: list[list[int]] = self._tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = [len(x) for x in ids]
+        for layout in plan_layouts(lengths, self.batch_size, pack=self.packed):
+            out[layout.texts] = self._forward(ids, layout)
         return out
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    def _forward(self, ids: list[list[int]], layout: Layout) -> np.ndarray:
+        """Pooled, L2-normalized embeddings ``(len(layout.texts), dim)`` of one pass."""
         torch = self._torch
-        batch: Any = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                     return_tensors="pt").to(self.device)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=self._autocast or torch.bfloat16,
-                                                    enabled=self._autocast is not None):
-            hidden = self._model(**batch).last_hidden_state.float()  # (B, T, H)
+        shape = (layout.num_rows, layout.width)
+        input_ids = np.full(shape, self._pad_id, dtype=np.int64)
+        segment = np.full(shape, -1, dtype=np.int64)  # which text of the pass holds each slot
+        position = np.zeros(shape, dtype=np.int64)
+        for k, (t, row, start) in enumerate(zip(layout.texts, layout.rows, layout.offsets, strict=True)):
+            end = start + len(ids[t])
+            input_ids[row, start:end] = ids[t]
+            segment[row, start:end] = k
+            position[row, start:end] = np.arange(end - start)
+        seg = torch.from_numpy(segment)  # (R, W)
+        inputs: dict[str, Any] = {"input_ids": torch.from_numpy(input_ids)}
+        if self._token_types:
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        if layout.packed:  # each slot attends to the slots of its own text: (R, 1, W, W), additive
+            same = seg[:, None, :, None] == seg[:, None, None, :]
+            inputs["attention_mask"] = torch.zeros(same.shape, dtype=self._mask_dtype).masked_fill_(
+                ~same, torch.finfo(self._mask_dtype).min)
+            inputs["position_ids"] = torch.from_numpy(position)
+        else:
+            inputs["attention_mask"] = (seg >= 0).long()
+        with torch.inference_mode():
+            hidden = self._model(**{k: v.to(self.device) for k, v in inputs.items()}).last_hidden_state
+            flat = hidden.float().reshape(-1, hidden.shape[-1])  # (R * W, H)
             if self.pooling == "cls":
-                pooled = hidden[:, 0]
+                first = torch.tensor([r * layout.width + o for r, o in zip(layout.rows, layout.offsets, strict=True)])
+                pooled = flat[first.to(self.device)]
             else:
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+                seg = seg.reshape(-1).to(self.device)
+                real = seg >= 0
+                pooled = torch.zeros(len(layout.texts), flat.shape[1], device=self.device)
+                pooled.index_add_(0, seg[real], flat[real])
+                pooled /= torch.tensor([len(ids[t]) for t in layout.texts], device=self.device)[:, None]
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.cpu().numpy()

@@ -134,7 +134,7 @@ class RetrievalConfig:
     max_length: int = 256
     """Encoder truncation length in tokens."""
     encoder_dtype: str = "auto"
-    """Encoder precision: auto (float16 on CUDA, float32 on CPU), float32, bfloat16 or float16."""
+    """Encoder precision: auto (float16 on CUDA, float32 on CPU), float32, bfloat16, float16, int8 (CPU)."""
     index_type: str = "flat"
     """FAISS index: flat (exact inner product), hnsw or ivfpq."""
     hnsw_m: int = 32
@@ -160,7 +160,7 @@ class RetrievalConfig:
     num_replicas: int = 1
     """Retrieval actors behind one handle."""
     num_cpus: float = 1.0
-    """CPUs reserved per retrieval actor."""
+    """CPUs reserved per retrieval actor; its encoder runs on floor(num_cpus) threads (at least 1)."""
     num_gpus: float = 0.0
     """GPUs per retrieval actor (the index moves to them when > 0)."""
 
@@ -400,6 +400,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "data.format": ("parquet", "jsonl"),
     "retrieval.method": ("dense", "bm25"),
     "retrieval.pooling": ("mean", "cls"),
+    "retrieval.encoder_dtype": ("auto", "float32", "bfloat16", "float16", "int8"),
     "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
     "rollout.engine": ("vllm", "hf"),
     "reward.answer_metric": ("f1", "em"),
