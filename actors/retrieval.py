@@ -22,6 +22,7 @@ from typing import Any
 import ray
 
 from retrieval_service.batching import BatchingSearcher, SearchStats, normalize_query
+from retrieval_service.encoders import encoder_threads
 from retrieval_service.retriever import Retriever, build_retriever, check_search_args
 from workers.config import RetrievalConfig
 from workers.types import Document
@@ -37,6 +38,11 @@ class RetrievalActor:
     """One retriever behind a batching, caching front; wrapped with ``ray.remote`` at launch."""
 
     def __init__(self, cfg: RetrievalConfig, device: str = "auto") -> None:
+        import torch
+
+        # Ray gives an actor OMP_NUM_THREADS = its num_cpus only when the variable is unset; an
+        # inherited one (say the driver's) would win. The encoder uses what the config reserves.
+        torch.set_num_threads(encoder_threads(cfg.num_cpus))
         self._retriever: Retriever = build_retriever(cfg, device)
         self._default_topk = cfg.topk
         self._searcher = BatchingSearcher(
@@ -62,6 +68,12 @@ class RetrievalActor:
 
     def reset_stats(self) -> None:
         self._searcher.reset_stats()
+
+    def num_threads(self) -> int:
+        """Intra-op threads the encoder runs with here (tests, benchmarks)."""
+        import torch
+
+        return torch.get_num_threads()
 
     def cpu_seconds(self) -> float:
         """CPU time this replica's process has used (benchmarks, capacity planning)."""

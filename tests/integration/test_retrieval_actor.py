@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from actors.retrieval import RetrievalGroup
+from actors.retrieval import RetrievalActor, RetrievalGroup
 from retrieval_service.batching import BATCH_SIZE_MAX, BATCHES, CACHE_HITS, QUERIES, REQUESTS
 from retrieval_service.index import build_index
 from retrieval_service.retriever import Retriever, SearchInputError, build_retriever
@@ -122,3 +122,16 @@ def test_dense_actor_default_encoder(ray_cluster: dict, bm25_cfg: RetrievalConfi
         assert [r[0].title for r in results] == ["Glimmerby", "Oskel"]
     finally:
         group.shutdown()
+
+
+@pytest.mark.parametrize("num_cpus", [1, 2])
+def test_actor_encoder_threads_follow_num_cpus(ray_cluster: dict, bm25_cfg: RetrievalConfig, num_cpus: int) -> None:
+    # An inherited OMP_NUM_THREADS (here 3) keeps Ray from setting its own: the actor must still
+    # run its encoder on what retrieval.num_cpus reserves, as the one-at-a-time baseline does.
+    actor = ray.remote(RetrievalActor).options(
+        num_cpus=num_cpus, runtime_env={"env_vars": {"OMP_NUM_THREADS": "3"}}).remote(
+        dataclasses.replace(bm25_cfg, num_cpus=num_cpus))
+    try:
+        assert ray.get(actor.num_threads.remote(), timeout=120) == num_cpus
+    finally:
+        ray.kill(actor)
