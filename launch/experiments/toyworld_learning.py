@@ -111,8 +111,12 @@ def run_arm(cfg: Config, run_dir: Path, policy: str, retrieval: RetrievalGroup, 
     return result
 
 
-def mean_of(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.fmean(r[key] for r in runs) if runs else float("nan")
+def sft_run_wall(policy: str) -> float:
+    """Wall time of the SFT run a given policy comes from (``<run>/checkpoints/step_N/learner/hf``), else 0."""
+    summary = Path(policy).parents[3] / "summary.json" if len(Path(policy).parents) > 3 else None
+    if summary is None or not summary.is_file():
+        return 0.0
+    return float(json.loads(summary.read_text()).get("wall_s", 0.0))
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -132,6 +136,10 @@ def markdown_table(results: dict[str, Any]) -> str:
             cells.append(f"{fmt.format(statistics.fmean(values))} ± {fmt.format(spread)}")
         seeds = ",".join(str(r["seed"]) for r in runs)
         lines.append(f"| after {results['steps']} steps of {arm} (seeds {seeds}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    means = {arm: statistics.fmean(r["em"] for r in results[arm]) for arm in results["arms"]}
+    lines.append("Mean test EM minus the warm start's: " + "; ".join(
+        f"{arm} {100 * (em - sft['em']):+.1f} points" for arm, em in means.items()) + ".")
     lines.append("")
     lines.append("Per seed (test EM / F1): " + "; ".join(
         f"{arm} seed {r['seed']}: {r['em']:.3f} / {r['f1']:.3f}" for arm in results["arms"] for r in results[arm]))
@@ -208,7 +216,7 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
     rollout = RolloutGroup(cfg.rollout, policy or base_policy, retrieval.search, topk=cfg.retrieval.topk,
                            dtype=cfg.model.dtype)
     try:
-        sft_wall = 0.0
+        sft_wall = sft_run_wall(policy) if policy else 0.0
         if policy is None:
             summary = run_sft(cfg, run_root / "sft", retrieval, rollout)  # leaves its final weights in rollout
             policy, sft_wall = summary["policy"], summary["wall_s"]
@@ -234,6 +242,7 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
         "steps": cfg.trainer.total_steps,
         "test_questions": len(test_rows),
         "wall_s": time.perf_counter() - started,
+        "sft_included": "sft_policy" not in args,
         "command": " ".join(["python -m launch.experiments.toyworld_learning", *sys.argv[1:]]),
     }
     (out / "toyworld_learning.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -25,3 +25,4 @@ def test_table_has_the_warm_start_and_each_arm_with_mean_and_spread() -> None:
     assert lines[3].startswith("| after 12 steps of steppo (seeds 1,2) | 0.300 ± 0.100 | 0.400 ± 0.100 |")
     assert lines[4].startswith("| after 12 steps of outcome_only (seeds 1,2) | 0.100 ± 0.000 |")
     assert "steppo seed 2: 0.400 / 0.500" in lines[-1]
+    assert "steppo +20.0 points; outcome_only +0.0 points" in markdown_table(results)
