@@ -6,22 +6,26 @@ one local Ray actor (throughput) and in one ``launch.serve_retrieval`` subproces
 
 1. Recall@1/3/5 of the gold supporting paragraph for each decomposition step's keyword
    query (``#k`` replaced by step k's answer, ``A >> rel`` as ``A rel``), over the 1,890
-   paragraphs of the 100 questions, for MiniLM-dense (FAISS flat) and BM25.
+   paragraphs of the 100 questions, for MiniLM-dense (FAISS flat) and BM25; then with the
+   queries encoded in each other ``--dtypes`` (bf16, int8) against the same float32 index.
 2. Queries/s of the ``RetrievalActor`` with 1, 8 and 64 concurrent callers (one query per
    call, distinct queries, cache cleared per level) vs. ``Retriever.search`` called one query
-   at a time in this process with the same torch thread count, same index and encoder, in
-   interleaved rounds (medians); plus 8 callers sending 8 queries per call (how rollout
-   workers call) and the Ray-free ``BatchingSearcher`` with 64 callers; CPU ms per query
-   (this process + the actor) beside wall time. Then the latency of cache hits.
+   at a time in this process with the same torch thread count and CPU niceness (both
+   printed), same index and encoder, in interleaved rounds (medians); plus 8 callers sending
+   8 queries per call (how rollout workers call) and the Ray-free ``BatchingSearcher`` with 64
+   callers; CPU ms per query (this process + the actor) beside wall time. Then the latency of
+   cache hits.
 3. HTTP load: N clients POSTing Search-R1-style requests for D seconds (cache off unless
    ``--http-cache``): requests, errors, p50/p99 latency.
 
 Exits 1 when no measured encoder dtype reaches ``--min-ratio`` at 64 callers, or any HTTP
-request failed. Batched MiniLM on CPU is compute-bound, so the dtype matters: fp32 batches
-reach ~3x, bf16 (native on CPUs with avx512_bf16/AMX) ~5-6x; a single query is
-overhead-bound in both (encoder CPU time per query, 1 thread, measured here).
+request failed. A single query costs what streaming the encoder's weights costs; a batch of
+queries, packed several to a row, costs its arithmetic, which bf16 (native with
+avx512_bf16/AMX) makes ~3x cheaper than fp32. So bf16 batches best: ~7-8x without Ray, ~5x
+through the actor, whose per-call cost (~0.7 ms of CPU, caller and actor) is then the rest.
+fp32 stays near 2.5-3.5x, int8 near 2.5x (its smaller weights speed single queries up too).
 
-    python -m benchmarks.bench_retrieval                        # about 5-8 minutes here
+    python -m benchmarks.bench_retrieval                        # about 8-10 minutes here
     python -m benchmarks.bench_retrieval --workdir /tmp/bench   # keep and reuse the indexes
     python -m benchmarks.bench_retrieval --skip-http --http-duration 5
 """
@@ -95,14 +99,14 @@ def load_musique(data_dir: Path, workdir: Path) -> tuple[Path, list[Step], list[
 def recall_table(retrievers: dict[str, Retriever], steps: list[Step]) -> dict[str, list[float]]:
     print(f"\n== Retrieval quality: MuSiQue train100, {len(steps)} decomposition steps, "
           f"{next(iter(retrievers.values())).num_passages} paragraphs ==")
-    print(f"{'method':<16}{'recall@1':>10}{'recall@3':>10}{'recall@5':>10}")
+    print(f"{'method':<24}{'recall@1':>10}{'recall@3':>10}{'recall@5':>10}")
     table = {}
     for name, retriever in retrievers.items():
         results = retriever.search([s.query for s in steps], 5)
         ranks = [[d.id for d in docs] for docs in results]
         table[name] = [float(np.mean([s.gold_id in r[:k] for s, r in zip(steps, ranks, strict=True)]))
                        for k in (1, 3, 5)]
-        print(f"{name:<16}" + "".join(f"{v:>10.3f}" for v in table[name]))
+        print(f"{name:<24}" + "".join(f"{v:>10.3f}" for v in table[name]))
     return table
 
 
@@ -175,6 +179,11 @@ def _inprocess_level(retriever: Retriever, queries: list[str], callers: int, arg
     return qps, cpu_ms, searcher.metrics()[BATCH_SIZE_MEAN]
 
 
+def _niceness(_: object) -> int:
+    """This process's CPU niceness (run inside the actor through ``__ray_call__``)."""
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def throughput(group: object, retriever: Retriever, pool: list[str], args: argparse.Namespace) -> float:
     """Interleaved rounds of every setup (the machine's load drifts); print medians, return the
     median 64-caller speed-up over one-at-a-time."""
@@ -201,9 +210,15 @@ def throughput(group: object, retriever: Retriever, pool: list[str], args: argpa
             lvl.cpu_ms.append(cpu_ms)
             lvl.ratio.append(qps / base_qps)
             lvl.batch.append(batch)
+    import torch
+
     dtype = getattr(retriever, "encoder", None) and retriever.encoder.dtype  # type: ignore[attr-defined]
+    actor = group.actors[0]  # type: ignore[attr-defined]
+    threads = (torch.get_num_threads(), ray.get(actor.num_threads.remote()))
+    nice = (os.getpriority(os.PRIO_PROCESS, 0), ray.get(actor.__ray_call__.remote(_niceness)))
     print(f"\n== Throughput: MiniLM ({dtype}) + FAISS flat, topk={args.topk}, one query per call, "
-          f"{args.actor_cpus} thread(s) per side, median of {args.rounds} interleaved rounds ==")
+          f"median of {args.rounds} interleaved rounds; torch threads {threads[0]} here, {threads[1]} in the "
+          f"actor; niceness {nice[0]} here, {nice[1]} in the actor ==")
     print(f"{'setup':<32}{'queries':>8}{'queries/s':>11}{'vs 1-at-a-time':>16}{'CPU ms/query':>14}{'mean batch':>12}")
     for lvl in levels:
         print(f"{lvl.name:<32}{lvl.queries:>8}{np.median(lvl.qps):>11.1f}{np.median(lvl.ratio):>15.2f}x"
@@ -242,8 +257,11 @@ def run_actor(cfg: RetrievalConfig, pool: list[str], args: argparse.Namespace) -
     from actors.retrieval import RetrievalGroup
     from workers.config import ClusterConfig
 
-    # Same intra-op threads on both sides: Ray gives an actor OMP_NUM_THREADS = its num_cpus.
+    # Same intra-op threads on both sides (the actor sets its own from retrieval.num_cpus), and
+    # the same CPU priority: Ray starts workers at niceness 15 (RAY_worker_niceness), which on a
+    # machine shared with other jobs slows the actor and not this process's one-at-a-time loop.
     torch.set_num_threads(args.actor_cpus)
+    os.environ["RAY_worker_niceness"] = str(os.getpriority(os.PRIO_PROCESS, 0))
     init_ray(ClusterConfig(num_cpus=max(2, args.actor_cpus), loopback=True), logging_level="WARNING")
     ratios = {}
     try:
@@ -351,7 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="keep indexes here (default: a temp dir)")
     parser.add_argument("--topk", type=int, default=3)
     parser.add_argument("--actor-cpus", type=int, default=1, help="num_cpus (= torch threads) of the actor")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "int8"],
                         help="encoder dtypes to measure throughput with (retrieval.encoder_dtype)")
     parser.add_argument("--baseline-queries", type=int, default=100, help="one-at-a-time and 1-caller queries")
     parser.add_argument("--queries-per-level", type=int, default=512, help="queries for 8 and 64 callers")
@@ -381,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     if not args.skip_recall:
         bm25 = build_retriever(RetrievalConfig(method="bm25", corpus_path=str(corpus), index_dir=str(workdir / "bm25")))
-        recall_table({"bm25": bm25, "minilm-dense": dense}, steps)
+        # Other dtypes encode the queries only, against the same (float32-built) index.
+        others = {f"minilm-dense {d}": build_retriever(replace(dense_cfg, encoder_dtype=d), device="cpu")
+                  for d in args.dtypes if d not in ("auto", "float32")}
+        recall_table({"bm25": bm25, "minilm-dense": dense, **others}, steps)
     if not args.skip_throughput:
         ratios = run_actor(dense_cfg, pool, args)
         for dtype, ratio in ratios.items():
