@@ -196,6 +196,12 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
     arms = [a for a in args.get("arms", "stepsearch,outcome_only").split(",") if a]
     if not seeds or not arms:
         raise ConfigError("seeds" if not seeds else "arms", "needs at least one value")
+    policy = args.get("sft_policy")
+    if policy:
+        if not (Path(policy) / "config.json").is_file():
+            raise ConfigError("sft_policy", f"{policy} is not a Hugging Face model directory (no config.json)")
+        overrides = [*overrides, f"model.path={policy}"]  # the tiny policy need not be built
+        cfg = replace(cfg, model=replace(cfg.model, path=policy))
     run_root = Path(args.get("run_dir") or f"runs/learning-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Path(args.get("out") or run_root)
     run_root.mkdir(parents=True, exist_ok=True)
@@ -212,7 +218,6 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
     val_rows = read_rows(data_dir / f"validation.{cfg.data.format}")[: cfg.trainer.eval_size]
     retrieval = RetrievalGroup(cfg.retrieval)
     retrieval.wait_ready()
-    policy = args.get("sft_policy")
     rollout = RolloutGroup(cfg.rollout, policy or base_policy, retrieval.search, topk=cfg.retrieval.topk,
                            dtype=cfg.model.dtype)
     try:
@@ -256,7 +261,11 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = split_tool_args(sys.argv[1:] if argv is None else argv, TOOL_ARGS)
-    return run_tool(lambda cfg: experiment(cfg, args, overrides) and 0, [EXPERIMENT, *overrides], __doc__ or "")
+    def run(cfg: Config) -> int:
+        experiment(cfg, args, overrides)
+        return 0
+
+    return run_tool(run, [EXPERIMENT, *overrides], __doc__ or "")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,12 @@ def test_table_has_the_warm_start_and_each_arm_with_mean_and_spread() -> None:
     assert lines[4].startswith("| after 12 steps of outcome_only (seeds 1,2) | 0.100 ± 0.000 |")
     assert "steppo seed 2: 0.400 / 0.500" in lines[-1]
     assert "steppo +20.0 points; outcome_only +0.0 points" in markdown_table(results)
+
+
+def test_a_missing_sft_policy_is_a_config_error_before_any_work(tmp_path, capsys) -> None:
+    from launch.experiments.toyworld_learning import main
+
+    code = main([f"sft_policy={tmp_path / 'nope'}", f"run_dir={tmp_path / 'runs'}"])
+    assert code == 2
+    assert "config error: sft_policy:" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
