@@ -19,13 +19,14 @@ one local Ray actor (throughput) and in one ``launch.serve_retrieval`` subproces
    ``--http-cache``): requests, errors, p50/p99 latency.
 
 Exits 1 when no measured encoder dtype reaches ``--min-ratio`` at 64 callers, or any HTTP
-request failed. A single query costs what streaming the encoder's weights costs; a batch of
-queries, packed several to a row, costs its arithmetic, which bf16 (native with
-avx512_bf16/AMX) makes ~3x cheaper than fp32. So bf16 batches best: ~7-8x without Ray, ~5x
-through the actor, whose per-call cost (~0.7 ms of CPU, caller and actor) is then the rest.
-fp32 stays near 2.5-3.5x, int8 near 2.5x (its smaller weights speed single queries up too).
+request failed. A single query costs about what reading the encoder's weights costs; a batch
+of queries, packed several to a row, costs its arithmetic, which bf16 (native with
+avx512_bf16/AMX) makes ~3x cheaper than fp32. So bf16 batches best: 6-8x without Ray,
+3.5-4.9x through the actor (docs/retrieval.md), whose per-call cost (~0.6 ms of CPU, caller
+and actor) needs the second core; fp32 ~3.2x, int8 ~2.7x (its smaller weights speed single
+queries up as much).
 
-    python -m benchmarks.bench_retrieval                        # about 8-10 minutes here
+    python -m benchmarks.bench_retrieval                        # about 5 minutes here
     python -m benchmarks.bench_retrieval --workdir /tmp/bench   # keep and reuse the indexes
     python -m benchmarks.bench_retrieval --skip-http --http-duration 5
 """

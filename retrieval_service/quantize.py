@@ -7,8 +7,8 @@ its input per tensor at run time and multiplies with fbgemm's int8 kernels (VNNI
 torch quantizes those inputs to 7 bits by default (``reduce_range``), which keeps CPUs without
 VNNI from overflowing their 16-bit intermediate sums. VNNI accumulates in 32 bits, so there
 the full 8 bits are used: on MiniLM, cosine to the fp32 embedding of MuSiQue queries rises
-from 0.944 (min) / 0.975 (mean) to 0.985 / 0.993, and recall@1 from 0.764 to 0.781 (fp32:
-0.785; docs/retrieval.md). Per-token input scales would be closer still but need a fused
+from 0.944 (min) / 0.975 (mean) to 0.985 / 0.993, and recall@1 from 0.764 to 0.781-0.785
+(fp32: 0.785; docs/retrieval.md). Per-token input scales would be closer still but need a fused
 kernel torch lacks: unfused, the rescaling costs more than the int8 matmul saves.
 
 ``torch.ao.quantization`` is deprecated in favour of torchao, which is not a dependency here:
