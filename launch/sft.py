@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import sys
 import time
 from dataclasses import replace
@@ -35,10 +36,11 @@ from launch.config import CONFIG_DIR, register_configs, to_config
 from launch.report import progress_bar, write_plots
 from launch.train import _prepare_inputs
 from workers.config import Config, ConfigError, LearnerConfig
+from workers.data.corpus import read_corpus_jsonl
 from workers.data.rows import QARow, read_rows
 from workers.evaluation import evaluate_trajectories
 from workers.rollout.agent_loop import AgentLoop, LoopSettings
-from workers.rollout.gold import gold_episodes
+from workers.rollout.gold import NamePool, Renaming, gold_episodes
 from workers.rollout.worker import pack_episodes
 from workers.tracking import MetricsLogger, begin_checkpoint, commit_checkpoint
 
@@ -52,17 +54,29 @@ def sft_learner_config(cfg: Config) -> LearnerConfig:
                    mini_batch_size=cfg.sft.batch_size, micro_batch_size=cfg.sft.micro_batch_size)
 
 
-def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: Any) -> list[Any]:
-    """Gold episodes of ``rows`` and the matching rows (rows whose episode does not fit are dropped)."""
+def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: Any,
+               rename: tuple[NamePool, int] | None = None) -> list[Any]:
+    """Packed gold trajectories of ``rows`` (rows whose episode does not fit are dropped).
+
+    ``rename`` = (pool, seed): every row's entities take names drawn from the pool with
+    that seed (``sft.rename_entities``); the packed rows are the renamed ones.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     loop = AgentLoop(None, tokenizer, search, LoopSettings.from_config(cfg.rollout, cfg.retrieval.topk))  # type: ignore[arg-type]
+    renamings = None
+    if rename is not None:
+        pool, seed = rename
+        rng = random.Random(seed)
+        renamings = [Renaming.draw(row, pool, rng) for row in rows]
+    shown = rows if renamings is None else [r.row(row) for r, row in zip(renamings, rows, strict=True)]
     prompts = []
-    for row in rows:
+    for row in shown:
         ids = tokenizer.apply_chat_template(list(row.prompt), add_generation_prompt=True, tokenize=True)
         prompts.append(list(getattr(ids, "input_ids", ids) if not isinstance(ids, dict) else ids["input_ids"]))
-    episodes = gold_episodes(rows, prompts, loop, search)
+    episodes = gold_episodes(rows, prompts, loop, search, renamings)
+    rows = shown
     limit = cfg.rollout.max_response_tokens
     kept = [(e, r) for e, r in zip(episodes, rows, strict=True) if len(e.response_ids) <= limit]
     if len(kept) < len(rows):  # a rollout could never produce these: do not teach them
@@ -72,6 +86,23 @@ def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: Any) -> 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts = [tokenizer.decode(e.response_ids) for e in episodes]
     return [pack_episodes([e], [r], [r.id], [t], pad, 0) for e, r, t in zip(episodes, rows, texts, strict=True)]
+
+
+def check_renaming(cfg: Config, rows: list[QARow]) -> None:
+    """``sft.rename_entities`` swaps names between entities: only sound in an invented world."""
+    if cfg.sft.rename_entities and (other := sorted({r.data_source for r in rows} - {"toyworld"})):
+        raise ConfigError("sft.rename_entities", f"is for data=toyworld rows only (invented names); the "
+                                                 f"training rows come from {', '.join(other)}")
+
+
+def name_pool(data_dir: Path, rows: list[QARow]) -> NamePool:
+    """The world's names: its paragraphs' titles and the training answers (currencies)."""
+    titles = [p.title for p in read_corpus_jsonl(data_dir / "corpus.jsonl")]
+    return NamePool([*titles, *(t for row in rows for t in row.ground_truth.target)])
+
+
+def _renaming(cfg: Config, pool: NamePool | None, epoch: int) -> tuple[NamePool, int] | None:
+    return None if pool is None else (pool, cfg.seed * 1_000_003 + epoch)
 
 
 def _batches(gold: list[Any], cfg: Config, epoch: int) -> list[list[Any]]:
@@ -98,12 +129,14 @@ def run_sft(cfg: Config, run_dir: Path, retrieval: RetrievalGroup | None = None,
     rows = read_rows(data_dir / f"train.{cfg.data.format}")[: cfg.sft.max_rows]
     val_path = data_dir / f"validation.{cfg.data.format}"
     val_rows = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() else []
+    check_renaming(cfg, rows)
     shared = [g for g in (retrieval, rollout) if g is not None]
     if retrieval is None:
         retrieval = RetrievalGroup(cfg.retrieval)
         retrieval.wait_ready()
+    pool = name_pool(data_dir, rows) if cfg.sft.rename_entities else None
     started = time.perf_counter()
-    gold = build_gold(cfg, model_path, rows, retrieval.search)
+    gold = build_gold(cfg, model_path, rows, retrieval.search, _renaming(cfg, pool, 0))
     steps_per_epoch = len(gold) // cfg.sft.batch_size
     if steps_per_epoch == 0:
         raise ConfigError("sft.batch_size", f"{cfg.sft.batch_size} is more than the {len(gold)} training rows")
@@ -118,6 +151,8 @@ def run_sft(cfg: Config, run_dir: Path, retrieval: RetrievalGroup | None = None,
     bar = progress_bar(total, desc="SFT")
     try:
         while step < total:
+            if epoch > 0 and pool is not None:  # new names every epoch
+                gold = build_gold(cfg, model_path, rows, retrieval.search, _renaming(cfg, pool, epoch))
             for call in _batches(gold, cfg, epoch):
                 call = call[: (total - step) * cfg.sft.batch_size]
                 if not call:

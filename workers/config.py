@@ -371,6 +371,10 @@ class SFTConfig:
     """Evaluate greedy rollouts on validation prompts every k optimizer steps (0: only at the end)."""
     max_rows: Optional[int] = None
     """Use at most this many training rows (None: all)."""
+    rename_entities: bool = False
+    """Give each trajectory's entities fresh invented names, new every epoch (data=toyworld
+    only). A small policy trained on a few thousand questions otherwise memorises which
+    names go with which question instead of learning to copy names into its queries."""
 
 
 @dataclass

@@ -102,3 +102,18 @@ def test_learner_threads_default_to_the_cores_shared_among_ranks() -> None:
     assert cpu_threads(two) == max(1, cores // 2)
     two.num_threads = 3
     assert cpu_threads(two) == 3
+
+
+def test_renaming_entities_is_refused_for_real_datasets() -> None:
+    from launch.sft import check_renaming
+    from workers.data.rows import make_row
+
+    def row(source: str):
+        return make_row(id="r", data_source=source, question="q", targets=["a"], search_keys=[], support_docs=[],
+                        support_doc_ids=[], split="train", index=0, num_hops=0)
+
+    cfg = load_config(["sft.rename_entities=true"])
+    check_renaming(cfg, [row("toyworld")])
+    with pytest.raises(ConfigError, match=r"sft\.rename_entities.*musique"):
+        check_renaming(cfg, [row("toyworld"), row("musique")])
+    check_renaming(load_config(), [row("musique")])  # off: anything goes

@@ -52,3 +52,68 @@ def test_searches_stop_at_max_turns_with_the_last_turn_note(tokenizer: Any) -> N
     (ep,) = gold_episodes([_row([["a"], ["b"]])], [[1]], loop, search)
     assert [t.kind for t in ep.turns] == ["search", "answer"]
     assert tokenizer.decode(ep.response_ids[ep.turns[0].obs_start:ep.turns[0].obs_end]).endswith(LAST_TURN_NOTE)
+
+
+def test_name_pool_draws_another_name_of_the_same_shape() -> None:
+    import random
+
+    from workers.rollout.gold import NamePool
+
+    pool = NamePool(["Vogupais University", "Cipava University", "Krebragei Holdings", "Brihithin Labs",
+                     "The Bizitom", "The Sebiagi", "Nochail Peijariar", "Fiafou Zouvitial", "kaistejon", "drutou",
+                     "Papai", "Vatugou"])
+    assert NamePool.shape("Vogupais University") == ("A", "University") and NamePool.shape("drutou") == ("a",)
+    rng = random.Random(0)
+    assert pool.draw("Vogupais University", rng, set()) == "Cipava University"
+    assert pool.draw("The Bizitom", rng, set()) == "The Sebiagi"
+    assert pool.draw("kaistejon", rng, set()) == "drutou"
+    assert pool.draw("Papai", rng, {"Vatugou"}) == "Papai"  # nothing free: the name stays
+    assert pool.draw("Krebragei Holdings", rng, set()) == "Krebragei Holdings"  # no other "X Holdings"
+    assert pool.draw("Nochail Peijariar", rng, set()) == "Fiafou Zouvitial"
+
+
+def test_renaming_replaces_whole_names_longest_first() -> None:
+    from workers.rollout.gold import Renaming
+
+    rename = Renaming({"Ann": "Zu", "Ann Lee": "Bo Ka", "Paris": "Tiva"})
+    assert rename("Ann Lee met Ann in Paris, not Annex or Parisian.") == "Bo Ka met Zu in Tiva, not Annex or Parisian."
+    assert Renaming({})("Ann Lee") == "Ann Lee"
+
+
+def test_renamed_gold_episode_searches_real_names_and_shows_fresh_ones(tokenizer: Any) -> None:
+    import random
+
+    from workers.rollout.gold import NamePool, Renaming, entity_names
+
+    asked: list[str] = []
+
+    def recording_search(queries: list[str], topk: int) -> list[list[Document]]:
+        asked.extend(queries)
+        return [[Document("p1", "Ann Lee", "Ann Lee was born in Paris.")] for _ in queries]
+
+    row = make_row(id="r1", data_source="toyworld", question="Where was the director of Foo born?",
+                   targets=["Paris"], search_keys=[["The Foo director"], ["Ann Lee born"]],
+                   support_docs=['"The Foo"\nThe Foo was directed by Ann Lee.',
+                                 '"Ann Lee"\nAnn Lee was born in Paris.'],
+                   support_doc_ids=["p0", "p1"], split="train", index=0, num_hops=2)
+    assert entity_names(row) == ["The Foo", "Ann Lee", "Paris"]
+    pool = NamePool(["The Foo", "The Bar", "The Baz", "Ann Lee", "Bo Ka", "Paris", "Tiva", "Lima"])
+    rename = Renaming.draw(row, pool, random.Random(3))
+    fresh = {name: rename(name) for name in entity_names(row)}
+    assert all(new != old for old, new in fresh.items()) and fresh["The Foo"] in ("The Bar", "The Baz")
+    assert fresh["Ann Lee"] == "Bo Ka" and fresh["Paris"] in ("Tiva", "Lima")
+    shown = rename.row(row)
+    assert shown.ground_truth.target == (fresh["Paris"],)
+    assert shown.ground_truth.search_keys[1] == (f"{fresh['Ann Lee']} born",)
+    loop = AgentLoop(None, tokenizer, recording_search, LoopSettings(3, 400, 80, 32, 1))  # type: ignore[arg-type]
+    (ep,) = gold_episodes([row], [[1]], loop, recording_search, [rename])
+    assert asked == ["The Foo director", "Ann Lee born"]  # the retriever sees the real names
+    _, second, answer = ep.turns
+    assert second.query == f"{fresh['Ann Lee']} born" and second.doc_ids == ("p1",)
+    text = tokenizer.decode(ep.response_ids)
+    assert "Ann Lee" not in text and "Paris" not in text
+    assert f"{fresh['Ann Lee']} was born in {fresh['Paris']}." in text
+    assert parse_action(tokenizer.decode(ep.response_ids[answer.action_start:answer.action_end])) == (
+        "answer", fresh["Paris"])
+    with pytest.raises(ValueError, match="renamings"):
+        gold_episodes([row], [[1]], loop, recording_search, [])

@@ -88,6 +88,10 @@ class NameMaker:
         raise RuntimeError("the name generator ran out of names; lower the world's sizes")
 
 
+FRAME_WORDS = frozenset(("The", "University", "Group", "Works", "Labs", "Holdings"))
+"""Words of generated names that are not invented (``The X``, ``X University``, ``X Labs``)."""
+
+
 def _paragraph(entity: Entity) -> str:
     f, n = entity.facts, entity.name
     if entity.kind == "country":
