@@ -12,8 +12,8 @@ entities take other names of the world throughout its trajectory (question, quer
 retrieved paragraphs, answer), drawn anew every epoch; the searches still use the real
 names, so the documents are the real ones, renamed. A policy trained on renamed copies
 cannot memorise which name goes with which question and has to copy names from its
-context instead; drawing from the world's own names keeps every name a token sequence
-the tokenizer knows (the world's names are mostly single tokens).
+context instead. Drawing from the world's own names keeps every name one the tokenizer
+was trained on (at ``model.tiny.vocab_size=5000`` nearly all are whole tokens).
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ class NamePool:
     @staticmethod
     def shape(name: str) -> tuple[str, ...]:
         return tuple(w if w in FRAME_WORDS else ("a" if w.islower() else "A") for w in name.split(" "))
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._by_shape.values())
 
     def draw(self, name: str, rng: random.Random, taken: set[str]) -> str:
         """Another name of ``name``'s shape not in ``taken`` (``name`` itself when there is none)."""
