@@ -40,7 +40,7 @@ from workers.data.corpus import read_corpus_jsonl
 from workers.data.rows import QARow, read_rows
 from workers.evaluation import evaluate_trajectories
 from workers.rollout.agent_loop import AgentLoop, LoopSettings
-from workers.rollout.gold import NamePool, Renaming, gold_episodes
+from workers.rollout.gold import NamePool, Renaming, first_action, gold_episodes
 from workers.rollout.worker import pack_episodes
 from workers.tracking import MetricsLogger, begin_checkpoint, commit_checkpoint
 
@@ -50,21 +50,25 @@ logger = logging.getLogger("launch.sft")
 def sft_learner_config(cfg: Config) -> LearnerConfig:
     """The learner for SFT: policy only (no critic, no reference), SFT's rates and batches."""
     return replace(cfg.learner, advantage_estimator="grpo", kl_coef=0.0, use_kl_loss=False,
-                   actor_lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, lr_schedule="cosine",
+                   actor_lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, lr_schedule=cfg.sft.lr_schedule,
                    mini_batch_size=cfg.sft.batch_size, micro_batch_size=cfg.sft.micro_batch_size)
 
 
 def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: Any,
-               rename: tuple[NamePool, int] | None = None) -> list[Any]:
+               rename: tuple[NamePool, int | str] | None = None, first_only: bool = False) -> list[Any]:
     """Packed gold trajectories of ``rows`` (rows whose episode does not fit are dropped).
 
     ``rename`` = (pool, seed): every row's entities take names drawn from the pool with
     that seed (``sft.rename_entities``); the packed rows are the renamed ones.
+    ``first_only``: each trajectory cut after its first search (``sft.first_search_steps``).
     """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    loop = AgentLoop(None, tokenizer, search, LoopSettings.from_config(cfg.rollout, cfg.retrieval.topk))  # type: ignore[arg-type]
+    settings = LoopSettings.from_config(cfg.rollout, cfg.retrieval.topk)
+    if first_only:  # one search is all that is kept: retrieve for the first hop only
+        settings = replace(settings, max_turns=1)
+    loop = AgentLoop(None, tokenizer, search, settings)  # type: ignore[arg-type]
     renamings = None
     if rename is not None:
         pool, seed = rename
@@ -76,6 +80,8 @@ def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: Any,
         ids = tokenizer.apply_chat_template(list(row.prompt), add_generation_prompt=True, tokenize=True)
         prompts.append(list(getattr(ids, "input_ids", ids) if not isinstance(ids, dict) else ids["input_ids"]))
     episodes = gold_episodes(rows, prompts, loop, search, renamings)
+    if first_only:
+        episodes = [first_action(e) for e in episodes]
     rows = shown
     limit = cfg.rollout.max_response_tokens
     kept = [(e, r) for e, r in zip(episodes, rows, strict=True) if len(e.response_ids) <= limit]
@@ -101,8 +107,8 @@ def name_pool(data_dir: Path, rows: list[QARow]) -> NamePool:
     return NamePool([*titles, *(t for row in rows for t in row.ground_truth.target)])
 
 
-def _renaming(cfg: Config, pool: NamePool | None, epoch: int) -> tuple[NamePool, int] | None:
-    return None if pool is None else (pool, cfg.seed * 1_000_003 + epoch)
+def _renaming(cfg: Config, pool: NamePool | None, epoch: int) -> tuple[NamePool, str] | None:
+    return None if pool is None else (pool, f"sft-names/{cfg.seed}/{epoch}")
 
 
 def _batches(gold: list[Any], cfg: Config, epoch: int) -> list[list[Any]]:
@@ -140,40 +146,50 @@ def run_sft(cfg: Config, run_dir: Path, retrieval: RetrievalGroup | None = None,
     steps_per_epoch = len(gold) // cfg.sft.batch_size
     if steps_per_epoch == 0:
         raise ConfigError("sft.batch_size", f"{cfg.sft.batch_size} is more than the {len(gold)} training rows")
-    total = math.ceil(cfg.sft.epochs * steps_per_epoch)
+    total = cfg.sft.first_search_steps + math.ceil(cfg.sft.epochs * steps_per_epoch)
     learner = LearnerGroup(sft_learner_config(cfg), model_path, seed=cfg.seed, total_steps=total)
     if rollout is None and val_rows:
         rollout = RolloutGroup(cfg.rollout, model_path, retrieval.search, topk=cfg.retrieval.topk,
                                dtype=cfg.model.dtype)
     tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard, run_name=run_dir.name)
-    logger.info("SFT: %d gold trajectories, %d optimizer steps", len(gold), total)
-    step, epoch, final_eval, checkpoint = 0, 0, {}, None
+    logger.info("SFT: %d gold trajectories, %d optimizer steps (%d on first searches only)",
+                len(gold), total, cfg.sft.first_search_steps)
+    step, passes, final_eval, checkpoint = 0, 0, {}, None
+    full, first = gold, None
     bar = progress_bar(total, desc="SFT")
     try:
-        while step < total:
-            if epoch > 0 and pool is not None:  # new names every epoch
-                gold = build_gold(cfg, model_path, rows, retrieval.search, _renaming(cfg, pool, epoch))
-            for call in _batches(gold, cfg, epoch):
-                call = call[: (total - step) * cfg.sft.batch_size]
-                if not call:
-                    break
-                batch = concat_trajectories(call)
-                tick = time.perf_counter()
-                metrics = learner.sft_update(ray.put(batch))
-                tokens = int(batch.prompt_lengths.sum() + batch.response_lengths.sum())
-                metrics["sft/tokens_per_s"] = tokens / max(time.perf_counter() - tick, 1e-9)
-                done = len(call) // cfg.sft.batch_size
-                step += done
-                bar.update(done)
-                if (cfg.sft.eval_every and step % cfg.sft.eval_every < done) or step >= total:
-                    final_eval = _evaluate(learner, rollout, val_rows, step)
-                    metrics.update(final_eval)
-                    checkpoint = _save(learner, run_dir, step, model_path)
-                tracker.log(step, {**metrics, "sft/epoch": step / steps_per_epoch})
-                bar.set_postfix(loss=f"{metrics.get('sft/loss', float('nan')):.3f}",
-                                tok_s=f"{metrics['sft/tokens_per_s']:.0f}",
-                                val_em=f"{final_eval.get('eval/em', float('nan')):.3f}")
-            epoch += 1
+        for first_only, stage_end in ((True, cfg.sft.first_search_steps), (False, total)):
+            while step < stage_end:
+                if first_only and (first is None or pool is not None):  # new names every pass
+                    first = build_gold(cfg, model_path, rows, retrieval.search, _renaming(cfg, pool, passes),
+                                       first_only=True)
+                elif not first_only and passes > 0 and pool is not None:
+                    full = build_gold(cfg, model_path, rows, retrieval.search, _renaming(cfg, pool, passes))
+                gold = first if first_only and first is not None else full
+                for call in _batches(gold, cfg, passes):
+                    call = call[: (stage_end - step) * cfg.sft.batch_size]
+                    if not call:
+                        break
+                    batch = concat_trajectories(call)
+                    tick = time.perf_counter()
+                    metrics = learner.sft_update(ray.put(batch))
+                    tokens = int(batch.prompt_lengths.sum() + batch.response_lengths.sum())
+                    metrics["sft/tokens_per_s"] = tokens / max(time.perf_counter() - tick, 1e-9)
+                    done = len(call) // cfg.sft.batch_size
+                    step += done
+                    bar.update(done)
+                    if (cfg.sft.eval_every and step % cfg.sft.eval_every < done) or step >= total:
+                        final_eval = _evaluate(learner, rollout, val_rows, step)
+                        metrics.update(final_eval)
+                        checkpoint = _save(learner, run_dir, step, model_path)
+                    stage = {"sft/first_search_only": float(first_only)}
+                    if not first_only:
+                        stage["sft/epoch"] = (step - cfg.sft.first_search_steps) / steps_per_epoch
+                    tracker.log(step, {**metrics, **stage})
+                    bar.set_postfix(loss=f"{metrics.get('sft/loss', float('nan')):.3f}",
+                                    tok_s=f"{metrics['sft/tokens_per_s']:.0f}",
+                                    val_em=f"{final_eval.get('eval/em', float('nan')):.3f}")
+                passes += 1
         bar.close()
     finally:
         tracker.close()

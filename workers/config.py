@@ -361,6 +361,8 @@ class SFTConfig:
     """Peak learning rate (tiny policies from scratch need ~1e-3; pretrained ones ~1e-5)."""
     warmup_steps: int = 100
     """Linear warmup, in optimizer steps."""
+    lr_schedule: str = "cosine"
+    """After warmup: cosine decay to zero over all SFT steps, or constant."""
     batch_size: int = 16
     """Trajectories per optimizer step (over all ranks)."""
     micro_batch_size: int = 8
@@ -371,6 +373,11 @@ class SFTConfig:
     """Evaluate greedy rollouts on validation prompts every k optimizer steps (0: only at the end)."""
     max_rows: Optional[int] = None
     """Use at most this many training rows (None: all)."""
+    first_search_steps: int = 0
+    """Optimizer steps on the first search alone (prompt -> first gold ``<search>``) before
+    the full trajectories. Copying the question's entity into a query is the skill a small
+    policy learns slowest inside whole trajectories, where it is a few of many loss tokens
+    (docs/learning.md). 0: full trajectories only."""
     rename_entities: bool = False
     """Give each trajectory's entities fresh invented names, new every epoch (data=toyworld
     only). A small policy trained on a few thousand questions otherwise memorises which
@@ -410,6 +417,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "reward.answer_metric": ("f1", "em"),
     "learner.zero_stage": (0, 1, 2, 3),
     "learner.lr_schedule": ("constant", "cosine"),
+    "sft.lr_schedule": ("constant", "cosine"),
     "learner.advantage_estimator": ("gae", "grpo"),
     "learner.engine": ("deepspeed", "torch"),
     "learner.precision": ("auto", "fp32", "bf16"),
@@ -528,7 +536,7 @@ def validate(cfg: Config) -> Config:
     if cfg.learner.num_threads is not None:
         _positive(cfg, "learner.num_threads")
     _positive(cfg, "sft.epochs", "sft.lr", "sft.batch_size", "sft.micro_batch_size", "sft.steps_per_call")
-    _non_negative(cfg, "sft.warmup_steps", "sft.eval_every")
+    _non_negative(cfg, "sft.warmup_steps", "sft.eval_every", "sft.first_search_steps")
     _require(cfg.sft.batch_size % (cfg.sft.micro_batch_size * cfg.learner.num_ranks) == 0, "sft.micro_batch_size",
              f"sft.batch_size {cfg.sft.batch_size} must split into micro-batches of {cfg.sft.micro_batch_size} "
              f"on each of learner.num_ranks={cfg.learner.num_ranks}")

@@ -8,8 +8,15 @@ import pytest
 
 from workers.data.rows import make_row
 from workers.policy.tiny import train_tokenizer
-from workers.rollout.agent_loop import LAST_TURN_NOTE, AgentLoop, LoopSettings, format_information, parse_action
-from workers.rollout.gold import gold_episodes, gold_queries
+from workers.rollout.agent_loop import (
+    LAST_TURN_NOTE,
+    AgentLoop,
+    Episode,
+    LoopSettings,
+    format_information,
+    parse_action,
+)
+from workers.rollout.gold import first_action, gold_episodes, gold_queries
 from workers.types import Document
 
 
@@ -52,6 +59,20 @@ def test_searches_stop_at_max_turns_with_the_last_turn_note(tokenizer: Any) -> N
     (ep,) = gold_episodes([_row([["a"], ["b"]])], [[1]], loop, search)
     assert [t.kind for t in ep.turns] == ["search", "answer"]
     assert tokenizer.decode(ep.response_ids[ep.turns[0].obs_start:ep.turns[0].obs_end]).endswith(LAST_TURN_NOTE)
+
+
+def test_first_action_keeps_the_prompt_and_the_first_search_only(tokenizer: Any) -> None:
+    loop = AgentLoop(None, tokenizer, search, LoopSettings(3, 400, 80, 32, 2))  # type: ignore[arg-type]
+    (ep,) = gold_episodes([_row([["Foo director"], ["Ann Lee born"]])], [[1, 2, 3]], loop, search)
+    cut = first_action(ep)
+    end = ep.turns[0].action_end
+    assert cut.prompt_ids == [1, 2, 3] and cut.response_ids == ep.response_ids[:end]
+    assert parse_action(tokenizer.decode(cut.response_ids)) == ("search", "Foo director")
+    assert cut.action_mask == [1] * end and len(cut.logprobs) == end
+    assert [(t.kind, t.obs_start, t.obs_end) for t in cut.turns] == [("search", end, end)]
+    assert len(ep.turns) == 3 and len(ep.response_ids) > end  # the full episode is left as it was
+    with pytest.raises(ValueError, match="no action"):
+        first_action(Episode([1]))
 
 
 def test_name_pool_draws_another_name_of_the_same_shape() -> None:

@@ -141,3 +141,18 @@ def _act(episode: Episode, loop: AgentLoop, text: str) -> tuple[int, int]:
     """Append a gold action (log-prob 0: it was not sampled); return its span."""
     ids = loop.encode(text)
     return episode.append(ids, [0.0] * len(ids))
+
+
+def first_action(episode: Episode) -> Episode:
+    """The episode cut after its first action (the first search of a gold trajectory).
+
+    What ``sft.first_search_steps`` trains on: the prompt and the first query alone, the
+    step where the policy copies the question's entity into a search.
+    """
+    if not episode.turns:
+        raise ValueError("the episode has no action to keep")
+    turn = episode.turns[0]
+    end = turn.action_end
+    return Episode(list(episode.prompt_ids), episode.response_ids[:end], episode.action_mask[:end],
+                   episode.logprobs[:end], [replace(turn, obs_start=end, obs_end=end)],
+                   searches=int(turn.kind == "search"), done=True)
