@@ -68,6 +68,8 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["server.port=70000"], "server.port"),
     (["data.toyworld.hops=[5]"], "data.toyworld.hops"),
     (["learner.num_threads=0"], "learner.num_threads"),
+    (["sft.first_search_steps=-1"], "sft.first_search_steps"),
+    (["sft.lr_schedule=linear"], "sft.lr_schedule"),
 ])
 def test_bad_values_fail_fast_naming_the_field(override: list[str], field: str) -> None:
     with pytest.raises(ConfigError) as info:
