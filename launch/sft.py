@@ -176,6 +176,7 @@ def run_sft(cfg: Config, run_dir: Path, retrieval: RetrievalGroup | None = None,
                     tokens = int(batch.prompt_lengths.sum() + batch.response_lengths.sum())
                     metrics["sft/tokens_per_s"] = tokens / max(time.perf_counter() - tick, 1e-9)
                     done = len(call) // cfg.sft.batch_size
+                    metrics["sft/response_tokens_per_step"] = float(batch.response_lengths.sum()) / done
                     step += done
                     bar.update(done)
                     if (cfg.sft.eval_every and step % cfg.sft.eval_every < done) or step >= total:

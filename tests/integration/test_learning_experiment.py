@@ -20,10 +20,10 @@ def test_experiment_runs_sft_then_both_arms_and_writes_results(tmp_path: Path) -
     args = [f"run_dir={tmp_path / 'runs'}", f"out={tmp_path / 'results'}", "seeds=1", "test_size=4",
             f"data.output_dir={tmp_path / 'data'}", f"model.build_dir={tmp_path / 'models'}",
             "data.toyworld.num_questions=120", "data.toyworld.num_people=60", "data.toyworld.num_films=20",
-            "data.toyworld.num_companies=15", "model.tiny.num_layers=2", "sft.max_rows=32", "sft.epochs=1", "sft.first_search_steps=2",
-            "sft.batch_size=16", "sft.steps_per_call=1", "sft.eval_every=0", "trainer.eval_size=4",
-            "trainer.total_steps=2", "trainer.eval_every=1", "trainer.batch_size=2", "rollout.n_samples=2",
-            "learner.mini_batch_size=4", "learner.micro_batch_size=2", "rollout.engine=hf",
+            "data.toyworld.num_companies=15", "model.tiny.num_layers=2", "sft.max_rows=32", "sft.epochs=1",
+            "sft.first_search_steps=2", "sft.batch_size=16", "sft.steps_per_call=1", "sft.eval_every=0",
+            "trainer.eval_size=4", "trainer.total_steps=2", "trainer.eval_every=1", "trainer.batch_size=2",
+            "rollout.n_samples=2", "learner.mini_batch_size=4", "learner.micro_batch_size=2", "rollout.engine=hf",
             "rollout.max_action_tokens=16", "trainer.tensorboard=false"]
     done = subprocess.run([sys.executable, "-m", "launch.experiments.toyworld_learning", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=1200)
