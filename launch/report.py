@@ -68,13 +68,21 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def write_plots(run_dir: Path) -> list[Path]:
+SFT_PLOT_GROUPS = {
+    "SFT loss (per token)": ("sft/loss",),
+    "validation: answers and searches hitting gold": ("eval/f1", "eval/em", "eval/gold_hit"),
+    "validation: searches per episode": ("eval/searches",),
+}
+"""The panels of a ``launch.sft`` run."""
+
+
+def write_plots(run_dir: Path, groups: Mapping[str, tuple[str, ...]] = PLOT_GROUPS) -> list[Path]:
     """``run_dir/plots.png`` from ``metrics.jsonl`` (nothing when there are no metrics)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
     records = read_metrics(path)
-    return [plot_metrics(records, PLOT_GROUPS, run_dir / "plots.png")] if records else []
+    return [plot_metrics(records, groups, run_dir / "plots.png")] if records else []
 
 
 def print_results(summary: Mapping[str, Any], run_dir: Path) -> None:

@@ -33,7 +33,7 @@ from actors.learner import LearnerGroup
 from actors.retrieval import RetrievalGroup
 from actors.rollout import RolloutGroup
 from launch.config import CONFIG_DIR, register_configs, to_config
-from launch.report import progress_bar, write_plots
+from launch.report import SFT_PLOT_GROUPS, progress_bar, write_plots
 from launch.train import _prepare_inputs
 from workers.config import Config, ConfigError, LearnerConfig
 from workers.data.corpus import read_corpus_jsonl
@@ -200,7 +200,7 @@ def run_sft(cfg: Config, run_dir: Path, retrieval: RetrievalGroup | None = None,
     summary = {"run_dir": str(run_dir), "steps": step, "wall_s": time.perf_counter() - started,
                "policy": str(checkpoint / "learner" / "hf") if checkpoint else None, "eval": final_eval}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_plots(run_dir)
+    write_plots(run_dir, SFT_PLOT_GROUPS)
     print(f"SFT done: {step} steps in {summary['wall_s']:.0f} s; validation {json.dumps(final_eval)}")
     print(f"policy: {summary['policy']}\nnext:   python -m launch.train model.path={summary['policy']}")
     return summary

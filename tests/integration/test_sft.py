@@ -59,3 +59,4 @@ def test_first_search_stage_runs_before_whole_renamed_trajectories(tmp_path: Pat
     assert 0 < first * 4 < whole, (first, whole)  # one search against searches, documents and the answer
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
     assert summary["steps"] == 5 and Path(summary["policy"]).is_dir()
+    assert (tmp_path / "sft" / "plots.png").stat().st_size > 10_000  # loss and validation panels
