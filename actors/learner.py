@@ -76,7 +76,7 @@ class LearnerGroup:
     """The learner's ranks: build, rendezvous, compute, update, export, checkpoint."""
 
     def __init__(self, cfg: LearnerConfig, model_path: str, *, seed: int = 0,
-                 total_steps: int = 0, group_size: int = 1) -> None:
+                 total_steps: int = 0, group_size: int = 1, temperature: float = 1.0) -> None:
         self.cfg, self.group_size = cfg, group_size
         W = cfg.num_ranks
         needs_critic = cfg.advantage_estimator == "gae"
@@ -89,7 +89,8 @@ class LearnerGroup:
                                                   strategy="PACK")
         ray.get(self.pg.ready())
         self.sets: list[list[Any]] = [
-            self._spawn(r, model_path, seed, total_steps, offset=i * W) for i, r in enumerate(roles)]
+            self._spawn(r, model_path, seed, total_steps, temperature, offset=i * W)
+            for i, r in enumerate(roles)]
         self._rendezvous_dirs: list[str] = []
         self.policy_ranks = self.sets[0]
         self.critic_ranks = self.sets[1] if len(self.sets) > 1 else []
@@ -105,12 +106,12 @@ class LearnerGroup:
                                                 placement_group_bundle_index=index)
 
     def _spawn(self, roles: tuple[str, ...], model_path: str, seed: int, total_steps: int,
-               offset: int) -> list[Any]:
+               temperature: float, offset: int) -> list[Any]:
         cls = ray.remote(LearnerWorker)
         return [cls.options(num_cpus=self.cfg.num_cpus_per_rank,
                             num_gpus=self.cfg.num_gpus_per_rank,
                             scheduling_strategy=self._bundle(offset + r)).remote(
-                    self.cfg, model_path, roles, seed, total_steps)
+                    self.cfg, model_path, roles, seed, total_steps, temperature)
                 for r in range(self.cfg.num_ranks)]
 
     @property

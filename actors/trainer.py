@@ -116,7 +116,8 @@ class StePPOTrainer:
                                                      trust_remote_code=cfg.model.trust_remote_code)
         self.reward = RewardGroup(cfg.reward)
         self.learner = LearnerGroup(cfg.learner, self.model_path, seed=cfg.seed,
-                                    total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples)
+                                    total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples,
+                                    temperature=cfg.rollout.temperature)
         if rollout is not None:  # it may hold another run's weights
             self.sync_weights()
 

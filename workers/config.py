@@ -208,7 +208,8 @@ class RolloutConfig:
     max_action_tokens: int = 128
     """Longest single generation between two observations."""
     temperature: float = 1.0
-    """Sampling temperature for training rollouts (evaluation is greedy)."""
+    """Sampling temperature for training rollouts (evaluation is greedy). PPO scores the
+    policy and the reference at the same temperature, so the update is on-policy."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     n_samples: int = 1

@@ -113,6 +113,24 @@ def test_logprobs_match_a_manual_forward_and_ignore_padding(model_path: str) -> 
     assert np.all(out["old_logprobs"][0][~traj.action_mask[0].astype(bool)] == 0)
 
 
+def test_logprobs_are_scored_at_the_rollout_temperature(model_path: str) -> None:
+    traj, _ = make_batch(B=2)
+    plain = LearnerWorker(tiny_cfg(), model_path)
+    plain.init_distributed()
+    hot = LearnerWorker(tiny_cfg(), model_path, temperature=0.5)
+    hot.init_distributed()
+    assert plain.policy is not None
+    inputs, response, mask = plain._inputs(traj, np.arange(2))
+    with torch.no_grad():
+        logits = mdl.response_logits(plain.policy, inputs, response.shape[1])
+    expected = mdl.logprobs_from_logits(logits / 0.5, response) * mask
+    out, base = hot.compute(traj), plain.compute(traj)
+    width = expected.shape[1]
+    np.testing.assert_allclose(out["old_logprobs"][:, :width], expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["ref_logprobs"], out["old_logprobs"], atol=1e-6)
+    assert not np.allclose(out["old_logprobs"], base["old_logprobs"], atol=1e-3)
+
+
 def test_observation_tokens_get_no_gradient(model_path: str) -> None:
     traj, _ = make_batch(B=2)
     worker = LearnerWorker(tiny_cfg(), model_path)

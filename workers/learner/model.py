@@ -111,9 +111,15 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def policy_forward(model: Callable[..., Any], inputs: ModelInputs, response_ids: Tensor,
-                   with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """(logprobs, entropy) of the response tokens, both (B, T); entropy None unless asked."""
+                   with_entropy: bool = False, temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
+    """(logprobs, entropy) of the response tokens, both (B, T); entropy None unless asked.
+
+    ``temperature``: score the distribution the tokens were sampled from, softmax(logits / T);
+    0 (greedy sampling) scores the plain logits.
+    """
     logits = response_logits(model, inputs, response_ids.shape[1])  # (B, T, V)
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
     logprobs = logprobs_from_logits(logits, response_ids)
     entropy = entropy_from_logits(logits) if with_entropy else None
     return logprobs, entropy

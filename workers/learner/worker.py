@@ -52,12 +52,14 @@ class LearnerWorker:
     """One rank holding the policy with its reference and/or the critic (``roles``)."""
 
     def __init__(self, cfg: LearnerConfig, model_path: str, roles: Sequence[str] = ("policy",),
-                 seed: int = 0, total_steps: int = 0) -> None:
+                 seed: int = 0, total_steps: int = 0, temperature: float = 1.0) -> None:
+        """``temperature``: the rollouts' sampling temperature, at which PPO scores the
+        policy's and the reference's tokens (SFT always trains the plain logits)."""
         unknown = set(roles) - {"policy", "critic"}
         if unknown or not roles:
             raise ValueError(f"roles must be policy and/or critic, got {list(roles)}")
         self.cfg, self.model_path, self.roles = cfg, model_path, tuple(roles)
-        self.seed, self.total_steps = seed, total_steps
+        self.seed, self.total_steps, self.temperature = seed, total_steps, temperature
         self.rank, self.world_size = 0, 1
         self.policy: eng.TrainEngine | None = None
         self.ref: eng.DeepSpeedInference | None = None
@@ -151,10 +153,10 @@ class LearnerWorker:
             pad = (0, T - response.shape[1])  # back to the batch's width
             if self.policy is not None:
                 self.policy.module.eval()
-                logp, _ = mdl.policy_forward(self.policy, inputs, response)
+                logp, _ = mdl.policy_forward(self.policy, inputs, response, temperature=self.temperature)
                 out.setdefault("old_logprobs", []).append(torch.nn.functional.pad(logp, pad))
             if self.ref is not None:
-                ref_logp, _ = mdl.policy_forward(self.ref, inputs, response)
+                ref_logp, _ = mdl.policy_forward(self.ref, inputs, response, temperature=self.temperature)
                 out.setdefault("ref_logprobs", []).append(torch.nn.functional.pad(ref_logp, pad))
             if self.critic is not None:
                 self.critic.module.eval()
@@ -254,7 +256,8 @@ class LearnerWorker:
                            targets: PPOBatch, chunk: np.ndarray, n: float) -> dict[str, Tensor]:
         assert self.policy is not None
         self.policy.module.train()
-        logprobs, entropy = mdl.policy_forward(self.policy, inputs, response, with_entropy=True)
+        logprobs, entropy = mdl.policy_forward(self.policy, inputs, response, with_entropy=True,
+                                               temperature=self.temperature)
         assert entropy is not None
         t = response.shape[1]
         ref = None if targets.ref_logprobs is None else self._take(targets.ref_logprobs, chunk, t)
