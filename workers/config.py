@@ -305,7 +305,9 @@ class LearnerConfig:
     engine: str = "deepspeed"
     """Training engine: deepspeed (default) or torch (one process, for tests and benchmarks)."""
     precision: str = "auto"
-    """auto (bf16 on GPUs, fp32 on CPU), fp32 or bf16."""
+    """auto (bf16 on GPUs, fp32 on CPU), fp32 or bf16. bf16 trains bf16 weights with fp32
+    master weights in the optimizer; on CPUs with native bf16 (avx512_bf16, AMX) it is ~2x
+    faster than fp32."""
     colocate_critic: bool = True
     """Run the critic in the policy's ranks (one process per rank) instead of its own ranks."""
 
@@ -515,6 +517,8 @@ def _validate_learner(cfg: Config) -> None:
              f"{learner.mini_batch_size} does not split over learner.num_ranks={learner.num_ranks}")
     _require(per_rank % learner.micro_batch_size == 0, "learner.micro_batch_size",
              f"{learner.micro_batch_size} does not divide the per-rank mini-batch {per_rank}")
+    _require(not (learner.precision == "bf16" and learner.engine == "torch"), "learner.precision",
+             "bf16 needs learner.engine=deepspeed (the torch engine trains fp32 weights)")
     if learner.advantage_estimator == "grpo":
         _require(cfg.rollout.n_samples > 1, "rollout.n_samples",
                  "grpo advantages need groups: set rollout.n_samples > 1")

@@ -100,3 +100,36 @@ def test_zero3_separate_critic_checkpoint_round_trip(ray_cluster: dict, tmp_path
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ckpt" / "hf"))
     assert hf.state_dict()["model.norm.weight"].shape == weights["model.norm.weight"].shape
     assert not torch.equal(hf.state_dict()["model.norm.weight"], weights["model.norm.weight"])
+
+
+def test_bf16_on_cpu_accumulates_updates_below_bf16_resolution(ray_cluster: dict, tmp_path: Path) -> None:
+    """``learner.precision=bf16`` on CPU: bf16 weights for the passes, fp32 master weights
+    in the optimizer. Each Adam step here (~lr = 1e-5) is below half a bf16 step of every
+    weight with magnitude in [2^-6, 2^-4] (>= 6.1e-5), so bf16-only updates could never move
+    those weights; summed in fp32 over eight updates, many of them must move."""
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from actors.learner import LearnerGroup
+
+    model_path = make_tiny_model(tmp_path / "tiny")
+    traj, reward = make_batch(B=8)
+    traj_ref, reward_ref = ray.put(traj), ray.put(reward)
+    cfg = LearnerConfig(engine="deepspeed", zero_stage=0, precision="bf16", mini_batch_size=8,
+                        micro_batch_size=4, actor_lr=1e-5, critic_lr=1e-5, grad_clip=1e9)
+    group = LearnerGroup(cfg, model_path, seed=0)
+    try:
+        metrics = [group.update(traj_ref, reward_ref, batch_size=8) for _ in range(8)]
+        weights = group.export_weights()
+    finally:
+        group.shutdown()
+    initial = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert weights[name].dtype == torch.bfloat16
+    start = initial[name].to(torch.bfloat16).float()
+    coarse = (start.abs() >= 2**-6) & (start.abs() <= 2**-4)
+    assert int(coarse.sum()) > 1000
+    moved = (weights[name].float() != start)[coarse].float().mean().item()
+    assert moved > 0.2, f"only {moved:.1%} of the coarse weights moved"
+    assert all(np.isfinite(m[ppo.POLICY_LOSS]) for m in metrics)

@@ -70,6 +70,7 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["learner.num_threads=0"], "learner.num_threads"),
     (["sft.first_search_steps=-1"], "sft.first_search_steps"),
     (["sft.lr_schedule=linear"], "sft.lr_schedule"),
+    (["learner.engine=torch", "learner.precision=bf16"], "learner.precision"),
 ])
 def test_bad_values_fail_fast_naming_the_field(override: list[str], field: str) -> None:
     with pytest.raises(ConfigError) as info:
