@@ -1,11 +1,13 @@
 """Learner throughput: tokens/s of a PPO update (forward + backward + optimizer step).
 
 Runs as a script on one machine (CPU here; GPUs work the same): one process, one rank.
-Compares DeepSpeed ZeRO stages against the plain-torch engine on the same model, batch
-and PPO loss, and prints the ratio (the DeepSpeed overhead on this machine).
+Compares DeepSpeed ZeRO stages, in fp32 and in bf16 (``learner.precision``), against the
+plain-torch engine (fp32) on the same model, batch and PPO loss, and prints the ratios:
+the DeepSpeed overhead on this machine and what bf16 buys.
 
-    python -m benchmarks.bench_learner                 # the tiny policy
-    python -m benchmarks.bench_learner --model 100m    # a ~100M-parameter Qwen2
+    python -m benchmarks.bench_learner                     # the tiny policy, short episodes
+    python -m benchmarks.bench_learner --model toyworld    # the learning preset's policy and lengths
+    python -m benchmarks.bench_learner --model 100m        # a ~100M-parameter Qwen2
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ TINY = TinyModelConfig()
 SHAPES = {
     "tiny": Shape(TINY.vocab_size, TINY.hidden_size, TINY.num_layers, TINY.num_heads,
                   TINY.intermediate_size, batch=8, prompt=64, response=192),
+    "toyworld": Shape(5000, TINY.hidden_size, TINY.num_layers, TINY.num_heads, TINY.intermediate_size,
+                      batch=8, prompt=80, response=600),
     "100m": Shape(32000, 768, 12, 12, 2048, batch=4, prompt=32, response=96),
 }
 
@@ -100,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--stages", default="0,2,3", help="DeepSpeed ZeRO stages")
+    parser.add_argument("--precisions", default="fp32,bf16", help="DeepSpeed learner.precision values")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
     args = parser.parse_args()
@@ -109,23 +114,30 @@ def main() -> None:
     shape = SHAPES[args.model]
     traj, targets = build_batch(shape)
     base = LearnerConfig(mini_batch_size=shape.batch, micro_batch_size=shape.batch // 2,
-                         kl_coef=0.0, actor_lr=1e-6)
+                         kl_coef=0.0, actor_lr=1e-6, num_threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(shape, Path(tmp) / "model")
         torch_cfg = LearnerConfig(**{**base.__dict__, "engine": "torch"})
         rows = [("torch", measure(torch_cfg, path, traj, targets, args.repeats, 0))]
         for stage in (int(s) for s in args.stages.split(",")):
-            cfg = LearnerConfig(**{**base.__dict__, "engine": "deepspeed", "zero_stage": stage})
-            rows.append((f"deepspeed zero-{stage}", measure(cfg, path, traj, targets,
-                                                            args.repeats, 29700)))
+            for precision in args.precisions.split(","):
+                cfg = LearnerConfig(**{**base.__dict__, "engine": "deepspeed", "zero_stage": stage,
+                                       "precision": precision})
+                rows.append((f"deepspeed zero-{stage} {precision}",
+                             measure(cfg, path, traj, targets, args.repeats, 29700)))
         # Torch again at the end: the machine is shared, so the baseline is bracketed.
         rows.append(("torch (again)", measure(torch_cfg, path, traj, targets, args.repeats, 0)))
     torch_rate = max(rows[0][1], rows[-1][1])
     print(f"batch {shape.batch} x {shape.prompt + shape.response} tokens, "
           f"{args.threads} thread(s), {args.repeats} updates")
-    print(f"{'engine':<18}{'tokens/s':>10}{'vs torch':>10}   (vs the better torch run)")
+    print(f"{'engine':<24}{'tokens/s':>10}{'vs torch':>10}   (vs the better torch fp32 run)")
     for name, rate in rows:
-        print(f"{name:<18}{rate:>10.0f}{rate / torch_rate:>10.2f}")
+        print(f"{name:<24}{rate:>10.0f}{rate / torch_rate:>10.2f}")
+    by_name = dict(rows)
+    for stage in args.stages.split(","):
+        fp32, bf16 = by_name.get(f"deepspeed zero-{stage} fp32"), by_name.get(f"deepspeed zero-{stage} bf16")
+        if fp32 and bf16:
+            print(f"zero-{stage}: bf16 / fp32 = {bf16 / fp32:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""``validate``: the one place that checks configuration values, failing fast with the
+field's dotted name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.config.schema import Config, ConfigError
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "data.name": ("toyworld", "musique", "hotpotqa"),
+    "data.format": ("parquet", "jsonl"),
+    "retrieval.method": ("dense", "bm25"),
+    "retrieval.pooling": ("mean", "cls"),
+    "retrieval.encoder_dtype": ("auto", "float32", "bfloat16", "float16", "int8"),
+    "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
+    "rollout.engine": ("vllm", "hf"),
+    "reward.answer_metric": ("f1", "em"),
+    "learner.zero_stage": (0, 1, 2, 3),
+    "learner.lr_schedule": ("constant", "cosine"),
+    "sft.lr_schedule": ("constant", "cosine"),
+    "learner.advantage_estimator": ("gae", "grpo"),
+    "learner.engine": ("deepspeed", "torch"),
+    "learner.precision": ("auto", "fp32", "bf16"),
+}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _require(ok: bool, field_name: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(field_name, reason)
+
+
+def _positive(cfg: Config, *names: str) -> None:
+    for name in names:
+        value = _get(cfg, name)
+        _require(value > 0, name, f"must be > 0, got {value!r}")
+
+
+def _non_negative(cfg: Config, *names: str) -> None:
+    for name in names:
+        value = _get(cfg, name)
+        _require(value >= 0, name, f"must be >= 0, got {value!r}")
+
+
+def _validate_model(cfg: Config) -> None:
+    tiny = cfg.model.tiny
+    _positive(cfg, "model.tiny.hidden_size", "model.tiny.num_layers", "model.tiny.num_heads")
+    _require(tiny.hidden_size % tiny.num_heads == 0, "model.tiny.num_heads",
+             f"must divide hidden_size {tiny.hidden_size}")
+    head_dim = tiny.hidden_size // tiny.num_heads
+    _require(head_dim == 64, "model.tiny.num_heads",
+             f"hidden_size / num_heads = {head_dim}; vLLM's CPU attention needs head_dim 64")
+    _require(tiny.num_heads % tiny.num_kv_heads == 0, "model.tiny.num_kv_heads",
+             f"must divide num_heads {tiny.num_heads}")
+    _require(tiny.vocab_size >= 300, "model.tiny.vocab_size",
+             f"must be >= 300 (256 byte tokens + specials + merges), got {tiny.vocab_size}")
+
+
+def _validate_data(cfg: Config) -> None:
+    data = cfg.data
+    if data.name in ("musique", "hotpotqa"):
+        _require(bool(data.input_path), "data.input_path",
+                 f"data={data.name} needs the official-format file (data.input_path=FILE)")
+    for name in ("data.val_fraction", "data.test_fraction",
+                 "data.toyworld.val_fraction", "data.toyworld.test_fraction"):
+        value = _get(cfg, name)
+        _require(0.0 <= value < 0.5, name, f"must be in [0, 0.5), got {value!r}")
+    _require(data.max_rows is None or data.max_rows > 0, "data.max_rows",
+             f"must be > 0 or null, got {data.max_rows!r}")
+    world = data.toyworld
+    _require(bool(world.hops) and all(h in (2, 3, 4) for h in world.hops), "data.toyworld.hops",
+             f"must be a non-empty list of 2, 3 or 4, got {list(world.hops)!r}")
+    _positive(cfg, "data.toyworld.num_countries", "data.toyworld.num_cities",
+              "data.toyworld.num_universities", "data.toyworld.num_companies",
+              "data.toyworld.num_people", "data.toyworld.num_films", "data.toyworld.num_questions")
+    _require(0.0 <= world.lookalike_fraction <= 1.0, "data.toyworld.lookalike_fraction",
+             f"must be in [0, 1], got {world.lookalike_fraction!r}")
+
+
+def _validate_runtime(cfg: Config) -> None:
+    _positive(cfg, "retrieval.topk", "retrieval.encode_batch_size", "retrieval.max_batch_size",
+              "retrieval.num_replicas", "retrieval.max_length")
+    _non_negative(cfg, "retrieval.cache_size", "retrieval.max_batch_wait_ms",
+                  "rollout.num_workers", "reward.num_workers")
+    _require(0 < cfg.server.port < 65536, "server.port", f"must be 1-65535, got {cfg.server.port}")
+    _positive(cfg, "rollout.max_prompt_tokens", "rollout.max_response_tokens",
+              "rollout.max_obs_tokens", "rollout.max_action_tokens", "rollout.n_samples",
+              "rollout.tensor_parallel_size", "rollout.kv_cache_gib")
+    _non_negative(cfg, "rollout.max_turns", "rollout.temperature")
+    _require(0.0 < cfg.rollout.top_p <= 1.0, "rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}")
+    _require(0.0 < cfg.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization",
+             f"must be in (0, 1], got {cfg.rollout.gpu_memory_utilization}")
+
+
+def _validate_learner(cfg: Config) -> None:
+    learner = cfg.learner
+    _positive(cfg, "learner.num_ranks", "learner.mini_batch_size", "learner.micro_batch_size",
+              "learner.ppo_epochs", "learner.actor_lr", "learner.critic_lr", "learner.clip_ratio",
+              "learner.value_clip", "learner.grad_clip")
+    _non_negative(cfg, "learner.entropy_coef", "learner.kl_coef", "learner.warmup_steps")
+    for name in ("learner.gamma", "learner.lam"):
+        value = _get(cfg, name)
+        _require(0.0 <= value <= 1.0, name, f"must be in [0, 1], got {value}")
+    _require(learner.dual_clip is None or learner.dual_clip > 1.0, "learner.dual_clip",
+             f"must be > 1 or null, got {learner.dual_clip}")
+    per_rank, rem = divmod(learner.mini_batch_size, learner.num_ranks)
+    _require(rem == 0, "learner.mini_batch_size",
+             f"{learner.mini_batch_size} does not split over learner.num_ranks={learner.num_ranks}")
+    _require(per_rank % learner.micro_batch_size == 0, "learner.micro_batch_size",
+             f"{learner.micro_batch_size} does not divide the per-rank mini-batch {per_rank}")
+    _require(not (learner.precision == "bf16" and learner.engine == "torch"), "learner.precision",
+             "bf16 needs learner.engine=deepspeed (the torch engine trains fp32 weights)")
+    if learner.advantage_estimator == "grpo":
+        _require(cfg.rollout.n_samples > 1, "rollout.n_samples",
+                 "grpo advantages need groups: set rollout.n_samples > 1")
+    samples = cfg.trainer.batch_size * cfg.rollout.n_samples
+    _require(samples % learner.mini_batch_size == 0, "learner.mini_batch_size",
+             f"{learner.mini_batch_size} does not divide trainer.batch_size x rollout.n_samples = {samples}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field and return ``cfg``; raise ``ConfigError`` naming the first bad one."""
+    for name, allowed in _CHOICES.items():
+        value = _get(cfg, name)
+        _require(value in allowed, name, f"must be one of {list(allowed)}, got {value!r}")
+    _validate_model(cfg)
+    _validate_data(cfg)
+    _validate_runtime(cfg)
+    _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size")
+    _non_negative(cfg, "trainer.eval_every", "trainer.save_every")
+    _validate_learner(cfg)
+    if cfg.learner.num_threads is not None:
+        _positive(cfg, "learner.num_threads")
+    _positive(cfg, "sft.epochs", "sft.lr", "sft.batch_size", "sft.micro_batch_size", "sft.steps_per_call")
+    _non_negative(cfg, "sft.warmup_steps", "sft.eval_every", "sft.first_search_steps")
+    _require(cfg.sft.batch_size % (cfg.sft.micro_batch_size * cfg.learner.num_ranks) == 0, "sft.micro_batch_size",
+             f"sft.batch_size {cfg.sft.batch_size} must split into micro-batches of {cfg.sft.micro_batch_size} "
+             f"on each of learner.num_ranks={cfg.learner.num_ranks}")
+    return cfg
