@@ -232,7 +232,8 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
         runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
         for seed in seeds:  # seeds outermost: a partial experiment still compares the arms
             for arm in arms:
-                arm_cfg, _ = _prepare_inputs(arm_cfgs[(arm, seed)])
+                arm_cfg = arm_cfgs[(arm, seed)]  # the warm start, not a tiny policy of this seed
+                arm_cfg, _ = _prepare_inputs(replace(arm_cfg, model=replace(arm_cfg.model, path=policy)))
                 result = run_arm(arm_cfg, run_root / f"{arm}-seed{seed}", policy, retrieval, rollout,
                                  test_rows, sft_val)
                 runs[arm].append(result)
