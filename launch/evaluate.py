@@ -234,8 +234,10 @@ COLUMNS = (("EM", EVAL_EM), ("F1", EVAL_F1), ("cover-EM", EVAL_COVER_EM), ("sear
 
 
 def format_table(result: EvalResult) -> str:
-    """One line per data source and one for all, e.g. ``toyworld  20  0.150  0.210 ...``."""
-    rows = [*result.by_source.items(), ("all", result.overall)]
+    """One line per data source, one per hop count (when the rows say it), and one for all,
+    e.g. ``toyworld  20  0.150  0.210 ...``, ``3-hop  8  0.125 ...``."""
+    rows = [*result.by_source.items(), *((f"{h}-hop", v) for h, v in result.by_hops.items()),
+            ("all", result.overall)]
     width = max(len("source"), *(len(name) for name, _ in rows))
     lines = [f"{'source':<{width}} {'n':>5} " + " ".join(f"{title:>10}" for title, _ in COLUMNS)]
     for name, values in rows:

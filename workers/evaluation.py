@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workers.data.corpus import split_contents
@@ -51,6 +51,15 @@ def source_key(key: str, data_source: str) -> str:
     """
     namespace, _, name = key.partition("/")
     return f"{namespace}/{data_source}/{name}"
+
+
+def hops_key(key: str, num_hops: int) -> str:
+    """The per-hop-count form of a metric key (questions composing ``num_hops`` sub-questions).
+
+    >>> hops_key(EVAL_EM, 3)
+    'eval/3hop/em'
+    """
+    return source_key(key, f"{num_hops}hop")
 
 
 def search_hits(turns: Sequence[Turn], support_docs: Sequence[str]) -> list[bool]:
@@ -121,6 +130,8 @@ class EvalRecord:
     response_text: str
     turns: tuple[dict[str, Any], ...]
     """JSON-able turns: kind, query, doc_ids, doc_titles, gold_hit (searches), text (if decoded)."""
+    num_hops: int = 0
+    """The question's sub-questions (0: unknown)."""
 
     @property
     def gold_hit(self) -> float | None:
@@ -139,7 +150,8 @@ class EvalRecord:
         return {
             "sample_id": self.sample_id, "data_source": self.data_source, "question": self.question,
             "targets": list(self.targets), "prediction": self.prediction, "em": self.em, "f1": self.f1,
-            "cover_em": self.cover_em, "format_ok": self.format_ok, "num_searches": self.num_searches,
+            "cover_em": self.cover_em, "format_ok": self.format_ok, "num_hops": self.num_hops,
+            "num_searches": self.num_searches,
             "gold_hit": self.gold_hit, "redundancy": self.redundancy,
             "response_text": self.response_text, "turns": [dict(t) for t in self.turns],
         }
@@ -147,17 +159,21 @@ class EvalRecord:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Per-sample records and their aggregates (``overall`` and per data source), keyed by ``METRIC_KEYS``."""
+    """Per-sample records and their aggregates, keyed by ``METRIC_KEYS``: ``overall``, per data
+    source, and per number of hops (questions whose hop count is known)."""
 
     records: tuple[EvalRecord, ...]
     overall: dict[str, float]
     by_source: dict[str, dict[str, float]]
+    by_hops: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """One flat dict for loggers: ``eval/em`` ... and ``eval/<source>/em`` ..."""
+        """One flat dict for loggers: ``eval/em`` ..., ``eval/<source>/em`` ... and ``eval/<n>hop/em`` ..."""
         flat = dict(self.overall)
         for source, values in self.by_source.items():
             flat.update({source_key(k, source): v for k, v in values.items()})
+        for hops, values in self.by_hops.items():
+            flat.update({hops_key(k, hops): v for k, v in values.items()})
         return flat
 
 
@@ -209,7 +225,7 @@ def evaluate_sample(sample_id: str, data_source: str, ground_truth: GroundTruth,
         cover_em=cover_exact_match(prediction, targets), format_ok=format_ok(response_text),
         num_searches=len(searches), hit_searches=sum(bool(t["gold_hit"]) for t in searches),
         has_support=has_support, redundant_docs=redundant, retrieved_docs=retrieved,
-        response_text=response_text, turns=tuple(turn_json))
+        response_text=response_text, turns=tuple(turn_json), num_hops=ground_truth.num_hops)
 
 
 def aggregate(records: Sequence[EvalRecord]) -> dict[str, float]:
@@ -262,9 +278,13 @@ def evaluate_trajectories(batch: TrajectoryBatch, questions: Sequence[str | None
 
 
 def summarize(records: Sequence[EvalRecord]) -> EvalResult:
-    """Aggregate records (e.g. of several evaluated chunks) overall and per data source."""
+    """Aggregate records (e.g. of several evaluated chunks) overall, per data source and per hop count."""
     by_source: dict[str, list[EvalRecord]] = {}
+    by_hops: dict[int, list[EvalRecord]] = {}
     for record in records:
         by_source.setdefault(record.data_source, []).append(record)
+        if record.num_hops > 0:
+            by_hops.setdefault(record.num_hops, []).append(record)
     return EvalResult(records=tuple(records), overall=aggregate(records),
-                      by_source={s: aggregate(rs) for s, rs in sorted(by_source.items())})
+                      by_source={s: aggregate(rs) for s, rs in sorted(by_source.items())},
+                      by_hops={h: aggregate(rs) for h, rs in sorted(by_hops.items())})

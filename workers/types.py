@@ -41,6 +41,8 @@ class GroundTruth:
     target: tuple[str, ...]
     search_keys: tuple[tuple[str, ...], ...] = ()
     support_docs: tuple[str, ...] = ()
+    num_hops: int = 0
+    """Sub-questions the question composes (evaluation groups by it); 0 when unknown."""
 
 
 @dataclass(frozen=True)

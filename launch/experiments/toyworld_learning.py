@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import statistics
 import sys
 import time
@@ -45,6 +46,7 @@ from launch.train import _prepare_inputs
 from workers.config import Config, ConfigError
 from workers.data.rows import QARow, read_rows
 from workers.evaluation import (
+    EVAL_COUNT,
     EVAL_EM,
     EVAL_F1,
     EVAL_FORMAT_OK,
@@ -52,6 +54,7 @@ from workers.evaluation import (
     EVAL_REDUNDANCY,
     EVAL_SEARCHES,
     evaluate_trajectories,
+    hops_key,
 )
 from workers.tracking import MetricsLogger, read_metrics
 
@@ -73,9 +76,20 @@ def _ints(text: str, name: str) -> list[int]:
         raise ConfigError(name, f"expected comma-separated integers, got {text!r}") from exc
 
 
-def held_out(metrics: dict[str, float]) -> dict[str, float]:
-    """The reported subset of an evaluation, under its short names."""
-    return {name: float(metrics.get(key, 0.0)) for name, key in REPORTED.items()}
+BY_HOPS = {"em": EVAL_EM, "f1": EVAL_F1, "gold_hit": EVAL_GOLD_HIT, "count": EVAL_COUNT}
+"""Held-out numbers reported per hop count."""
+_HOPS_KEY = re.compile(r"eval/(\d+)hop/em")
+
+
+def held_out(metrics: dict[str, float]) -> dict[str, Any]:
+    """The reported subset of an evaluation under its short names, plus ``by_hops``
+    (``{"2": {"em", "f1", "gold_hit", "count"}, ...}``) when the rows know their hop counts."""
+    out: dict[str, Any] = {name: float(metrics.get(key, 0.0)) for name, key in REPORTED.items()}
+    hops = sorted(int(m.group(1)) for m in map(_HOPS_KEY.fullmatch, metrics) if m)
+    if hops:
+        out["by_hops"] = {str(h): {name: float(metrics.get(hops_key(key, h), 0.0)) for name, key in BY_HOPS.items()}
+                          for h in hops}
+    return out
 
 
 def evaluate_rows(rollout: RolloutGroup, rows: list[QARow]) -> dict[str, float]:
@@ -143,7 +157,25 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Per seed (test EM / F1): " + "; ".join(
         f"{arm} seed {r['seed']}: {r['em']:.3f} / {r['f1']:.3f}" for arm in results["arms"] for r in results[arm]))
+    lines.extend(_hops_table(results))
     return "\n".join(lines) + "\n"
+
+
+def _hops_table(results: dict[str, Any]) -> list[str]:
+    """Test EM by number of hops (mean over seeds), when every run reported it."""
+    policies = [("SFT warm start", [results["sft"]])] + [(arm, results[arm]) for arm in results["arms"]]
+    if not all("by_hops" in r for _, runs in policies for r in runs):
+        return []
+    hops = sorted({h for _, runs in policies for r in runs for h in r["by_hops"]}, key=int)
+    counts = {h: int(results["sft"]["by_hops"].get(h, {}).get("count", 0)) for h in hops}
+    lines = ["", "Test EM by number of hops (mean over seeds):", "",
+             "| policy | " + " | ".join(f"{h}-hop (n={counts[h]})" for h in hops) + " |",
+             "|---|" + "---|" * len(hops)]
+    for name, runs in policies:
+        cells = [statistics.fmean(r["by_hops"][h]["em"] for r in runs) if all(h in r["by_hops"] for r in runs)
+                 else None for h in hops]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+    return lines
 
 
 CURVES = (

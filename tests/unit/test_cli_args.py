@@ -108,6 +108,11 @@ def test_the_table_has_a_line_per_source_and_one_for_all() -> None:
     assert lines[1].split() == ["hotpotqa", "1", *["0.000"] * 7]
     assert lines[2].split() == ["musique", "1", "1.000", "1.000", "1.000", "0.000", "0.000", "0.000", "1.000"]
     assert lines[3].split()[:3] == ["all", "2", "0.500"]
+    three_hop = evaluate_sample("c#0", "musique", GroundTruth(("Oslo",), num_hops=3), "<answer> Oslo </answer>",
+                                [Turn("answer", 0, 1, 1, 1)])
+    lines = evaluate.format_table(summarize([answered, silent, three_hop])).splitlines()
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["hotpotqa", "1", "0.000"], ["musique", "2", "1.000"], ["3-hop", "1", "1.000"], ["all", "3", "0.667"]]
 
 
 def test_the_trajectory_print_shows_text_query_titles_and_answer() -> None:

@@ -95,6 +95,24 @@ def test_aggregates_overall_and_per_source() -> None:
     assert flat["eval/hotpotqa/count"] == 1.0 and len(flat) == 3 * len(METRIC_KEYS)
 
 
+def test_aggregates_per_hop_count_when_rows_know_it() -> None:
+    def hops(sample: tuple, n: int) -> tuple:
+        source, truth, *rest = sample
+        return (source, GroundTruth(truth.target, support_docs=truth.support_docs, num_hops=n), *rest)
+
+    samples = [hops(SAMPLE_A, 2), hops(SAMPLE_B, 3), hops(SAMPLE_B, 2), SAMPLE_C]  # C: hop count unknown (0)
+    result = evaluate_trajectories(make_batch(samples))
+    assert [r.num_hops for r in result.records] == [2, 3, 2, 0]
+    assert list(result.by_hops) == [2, 3]
+    assert result.by_hops[2][EVAL_EM] == 0.5 and result.by_hops[2][EVAL_COUNT] == 2.0
+    assert result.by_hops[2][EVAL_F1] == pytest.approx((1 + 2 / 3) / 2)
+    assert result.by_hops[3][EVAL_EM] == 0.0 and result.by_hops[3][EVAL_COUNT] == 1.0
+    flat = result.metrics()
+    assert flat["eval/2hop/em"] == 0.5 and flat["eval/3hop/count"] == 1.0 and "eval/0hop/em" not in flat
+    assert json.loads(json.dumps(result.records[1].to_json()))["num_hops"] == 3
+    assert summarize(result.records).by_hops == result.by_hops
+
+
 def test_gold_hit_skips_samples_without_support_passages() -> None:
     no_support = ("musique", GroundTruth(("x",)), "<answer> x </answer>",
                   (search(0, "q", [("p9", G1)]), search(4, "q2", [("p8", G2)]), Turn("answer", 8, 9, 9, 9)))

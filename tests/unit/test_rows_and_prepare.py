@@ -52,6 +52,27 @@ def test_bad_rows_name_file_line_and_field(tmp_path: Path) -> None:
         read_rows(path)
 
 
+@pytest.mark.parametrize("value", ["two", -1, 2.5, True])
+def test_a_bad_hop_count_names_the_line_and_field(tmp_path: Path, value: object) -> None:
+    bad = row_to_dict(_row())
+    bad["extra_info"]["num_hops"] = value
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row_to_dict(_row())) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:2: 'extra_info.num_hops' must be a non-negative integer"):
+        read_rows(path)
+
+
+def test_the_hop_count_reaches_the_ground_truth(tmp_path: Path) -> None:
+    assert _row().ground_truth.num_hops == 2  # evaluation groups episodes by it
+    d = row_to_dict(_row())
+    d["extra_info"]["num_hops"] = 3
+    del d["extra_info"]["index"]
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(d) + "\n")
+    (back,) = read_rows(path)
+    assert back.num_hops == back.ground_truth.num_hops == 3 and back.index == 0
+
+
 def test_prepare_toyworld_writes_splits_corpus_and_counts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = run_tool(prepare_main, [f"data.output_dir={tmp_path}", *SMALL_WORLD])
     assert code == 0

@@ -45,7 +45,7 @@ def make_row(*, id: str, data_source: str, question: str, targets: Sequence[str]
         prompt=tuple(build_prompt(question)),
         ground_truth=GroundTruth(target=tuple(targets),
                                  search_keys=tuple(tuple(g) for g in search_keys),
-                                 support_docs=tuple(support_docs)),
+                                 support_docs=tuple(support_docs), num_hops=num_hops),
         split=split, index=index, support_doc_ids=tuple(support_doc_ids), num_hops=num_hops)
 
 
@@ -87,6 +87,18 @@ def _str_list(value: Any, path: str, where: str) -> list[str]:
     return items
 
 
+def _int_field(extra: dict[str, Any], name: str, where: str) -> int:
+    """A non-negative integer of ``extra_info`` (missing or null: 0)."""
+    value = extra.get(name) or 0
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0 or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise DataError(f"{where}: 'extra_info.{name}' must be a non-negative integer, got {value!r}")
+    return number
+
+
 def row_from_dict(record: dict[str, Any], where: str = "row") -> QARow:
     """Check a row read from disk and type it. Raises ``DataError`` naming ``where``."""
     prompt = _field(record, "prompt", where)
@@ -104,14 +116,15 @@ def row_from_dict(record: dict[str, Any], where: str = "row") -> QARow:
     extra = record.get("extra_info") or {}
     support = _str_list(extra.get("support_docs", []), "extra_info.support_docs", where)
     support_ids = _str_list(extra.get("support_doc_ids", []), "extra_info.support_doc_ids", where)
-    index = int(extra.get("index", 0))
+    index = _int_field(extra, "index", where)
+    num_hops = _int_field(extra, "num_hops", where)
     return QARow(
         id=str(extra.get("id", index)), data_source=str(_field(record, "data_source", where)),
         question=str(extra.get("question", "")),
         prompt=tuple({"role": str(m["role"]), "content": str(m["content"])} for m in prompt),
-        ground_truth=GroundTruth(tuple(targets), tuple(tuple(g) for g in keys), tuple(support)),
+        ground_truth=GroundTruth(tuple(targets), tuple(tuple(g) for g in keys), tuple(support), num_hops),
         split=str(extra.get("split", "train")), index=index,
-        support_doc_ids=tuple(support_ids), num_hops=int(extra.get("num_hops", 0) or 0))
+        support_doc_ids=tuple(support_ids), num_hops=num_hops)
 
 
 def write_rows(rows: Iterable[QARow], path: str | Path) -> int:
