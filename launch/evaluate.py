@@ -41,6 +41,7 @@ from workers.evaluation import (
     EVAL_COUNT,
     EVAL_COVER_EM,
     EVAL_EM,
+    EVAL_EMPTY_ANSWER,
     EVAL_F1,
     EVAL_FORMAT_OK,
     EVAL_GOLD_HIT,
@@ -230,7 +231,8 @@ def evaluate_rows(runner: Runner, rows: Sequence[QARow], batch_size: int, output
 
 
 COLUMNS = (("EM", EVAL_EM), ("F1", EVAL_F1), ("cover-EM", EVAL_COVER_EM), ("searches", EVAL_SEARCHES),
-           ("gold-hit", EVAL_GOLD_HIT), ("redundancy", EVAL_REDUNDANCY), ("format", EVAL_FORMAT_OK))
+           ("gold-hit", EVAL_GOLD_HIT), ("redundancy", EVAL_REDUNDANCY), ("format", EVAL_FORMAT_OK),
+           ("empty", EVAL_EMPTY_ANSWER))
 
 
 def format_table(result: EvalResult) -> str:

@@ -12,6 +12,8 @@ episode (DESIGN.md 4, redundancy penalty).
 Aggregates are micro-averages where the unit is a search or a document: ``gold_hit`` is
 hitting searches / searches (over samples that have support passages), ``redundancy``
 is redundant documents / retrieved documents. Both are 0.0 when nothing was searched.
+``empty_answer`` is the fraction of episodes that ended on an empty ``<answer> </answer>``:
+a greedy policy unsure which name to write may close the tag at once.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ EVAL_SEARCHES = "eval/searches"
 EVAL_GOLD_HIT = "eval/gold_hit"
 EVAL_REDUNDANCY = "eval/redundancy"
 EVAL_FORMAT_OK = "eval/format_ok"
+EVAL_EMPTY_ANSWER = "eval/empty_answer"
 EVAL_COUNT = "eval/count"
 METRIC_KEYS = (EVAL_EM, EVAL_F1, EVAL_COVER_EM, EVAL_SEARCHES, EVAL_GOLD_HIT, EVAL_REDUNDANCY,
-               EVAL_FORMAT_OK, EVAL_COUNT)
+               EVAL_FORMAT_OK, EVAL_EMPTY_ANSWER, EVAL_COUNT)
 """Every aggregate key, in display order."""
 
 Decode = Callable[[list[int]], str]
@@ -139,6 +142,11 @@ class EvalRecord:
         if not self.has_support or self.num_searches == 0:
             return None
         return self.hit_searches / self.num_searches
+
+    @property
+    def empty_answer(self) -> bool:
+        """The episode ended on an answer block with nothing in it (``<answer> </answer>``)."""
+        return self.prediction is not None and not self.prediction.strip()
 
     @property
     def redundancy(self) -> float | None:
@@ -251,6 +259,7 @@ def aggregate(records: Sequence[EvalRecord]) -> dict[str, float]:
         EVAL_GOLD_HIT: hit_searches / searched if searched else 0.0,
         EVAL_REDUNDANCY: redundant / retrieved if retrieved else 0.0,
         EVAL_FORMAT_OK: mean([float(r.format_ok) for r in records]),
+        EVAL_EMPTY_ANSWER: mean([float(r.empty_answer) for r in records]),
         EVAL_COUNT: float(n),
     }
 

@@ -48,11 +48,14 @@ from workers.data.rows import QARow, read_rows
 from workers.evaluation import (
     EVAL_COUNT,
     EVAL_EM,
+    EVAL_EMPTY_ANSWER,
     EVAL_F1,
     EVAL_FORMAT_OK,
     EVAL_GOLD_HIT,
     EVAL_REDUNDANCY,
     EVAL_SEARCHES,
+    Decode,
+    EvalResult,
     evaluate_trajectories,
     hops_key,
 )
@@ -63,7 +66,7 @@ logger = logging.getLogger("launch.experiments.toyworld_learning")
 EXPERIMENT = "+experiment=toyworld_learning"
 TOOL_ARGS = ("sft_policy", "seeds", "arms", "test_size", "out", "run_dir")
 REPORTED = {"em": EVAL_EM, "f1": EVAL_F1, "searches": EVAL_SEARCHES, "gold_hit": EVAL_GOLD_HIT,
-            "redundancy": EVAL_REDUNDANCY, "format_ok": EVAL_FORMAT_OK}
+            "redundancy": EVAL_REDUNDANCY, "format_ok": EVAL_FORMAT_OK, "empty_answer": EVAL_EMPTY_ANSWER}
 """Held-out numbers in the results, by their name there."""
 ARM_NAMES = {"stepsearch": "steppo"}
 """Result keys of the reward presets (the rest keep their preset name)."""
@@ -92,14 +95,39 @@ def held_out(metrics: dict[str, float]) -> dict[str, Any]:
     return out
 
 
-def evaluate_rows(rollout: RolloutGroup, rows: list[QARow]) -> dict[str, float]:
-    """Greedy rollouts of ``rows`` with the rollout group's current weights."""
-    return evaluate_trajectories(ray.get(rollout.rollout(rows, greedy=True, seed=0))).metrics()
+def evaluate_rows(rollout: RolloutGroup, rows: list[QARow], predictions: Path | None = None,
+                  decode: Decode | None = None) -> dict[str, float]:
+    """Greedy rollouts of ``rows`` with the rollout group's current weights; with
+    ``predictions``, one JSON line per question there (prediction, scores, trajectory, and
+    each action's text when ``decode`` is given)."""
+    batch = ray.get(rollout.rollout(rows, greedy=True, seed=0))
+    result = evaluate_trajectories(batch, [r.question for r in rows], decode=decode)
+    if predictions is not None:
+        write_predictions(result, predictions)
+    return result.metrics()
+
+
+def decoder(policy: str) -> Decode:
+    """The policy tokenizer's ``decode``."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    return lambda ids: str(tokenizer.decode(ids))
+
+
+def write_predictions(result: EvalResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for record in result.records:
+            fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
 
 
 def run_arm(cfg: Config, run_dir: Path, policy: str, retrieval: RetrievalGroup, rollout: RolloutGroup,
             test_rows: list[QARow], start_eval: dict[str, float]) -> dict[str, Any]:
-    """One RL run from ``policy``; validation curve in its metrics, test numbers at the end."""
+    """One RL run from ``policy``; validation curve in its metrics, test numbers at the end.
+
+    Leaves the final checkpoint (its ``learner/hf`` is the trained policy) and the test
+    predictions (``test_predictions.jsonl``) in ``run_dir``."""
     trainer = StePPOTrainer(replace(cfg, trainer=replace(cfg.trainer, resume="never")), run_dir, policy)
     tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard, run_name=run_dir.name)
     started = time.perf_counter()
@@ -116,7 +144,8 @@ def run_arm(cfg: Config, run_dir: Path, policy: str, retrieval: RetrievalGroup, 
             print_step(trainer.step, total, metrics, bar)
             bar.update(1)
         bar.close()
-        test = held_out(trainer.evaluate(test_rows))
+        trainer.checkpoint()
+        test = held_out(evaluate_rows(rollout, test_rows, run_dir / "test_predictions.jsonl", decoder(policy)))
     finally:
         tracker.close()
         trainer.shutdown()
@@ -258,7 +287,8 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
             summary = run_sft(cfg, run_root / "sft", retrieval, rollout)  # leaves its final weights in rollout
             policy, sft_wall = summary["policy"], summary["wall_s"]
         logger.info("scoring the warm start on %d test and %d validation questions", len(test_rows), len(val_rows))
-        sft_test = held_out(evaluate_rows(rollout, test_rows))
+        sft_test = held_out(evaluate_rows(rollout, test_rows, run_root / "sft_test_predictions.jsonl",
+                                          decoder(policy)))
         sft_val = evaluate_rows(rollout, val_rows)
         print(f"SFT policy {policy}: test {json.dumps(sft_test)}")
         runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}

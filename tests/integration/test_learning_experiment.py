@@ -38,9 +38,18 @@ def test_experiment_runs_sft_then_both_arms_and_writes_results(tmp_path: Path) -
         steps = [json.loads(line)["step"] for line in
                  (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
         assert steps == [0, 1, 2], steps
+        predictions = [json.loads(line) for line in
+                       (Path(run["run_dir"]) / "test_predictions.jsonl").read_text().splitlines()]
+        assert len(predictions) == 4 and all(p["num_hops"] >= 2 and p["turns"] for p in predictions)
+        assert sum(p["em"] for p in predictions) / 4 == pytest.approx(run["em"])
+        assert (Path(run["run_dir"]) / "checkpoints" / "step_000002" / "learner" / "hf" / "config.json").is_file()
+    assert len((tmp_path / "runs" / "sft_test_predictions.jsonl").read_text().splitlines()) == 4
+    by_hops = results["sft"]["by_hops"]
+    assert set(by_hops) <= {"2", "3", "4"} and sum(h["count"] for h in by_hops.values()) == 4
     steppo = [json.loads(line) for line in
               (Path(results["steppo"][0]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert "reward/info_gain" in steppo[1] and "eval/f1" in steppo[0] and "eval/f1" in steppo[2]
     table = (tmp_path / "results" / "toyworld_learning.md").read_text()
     assert "SFT warm start" in table and "after 2 steps of steppo" in table and "outcome_only" in table
+    assert "Test EM by number of hops" in table
     assert (tmp_path / "results" / "toyworld_learning.png").stat().st_size > 10_000

@@ -104,9 +104,10 @@ def test_the_table_has_a_line_per_source_and_one_for_all() -> None:
     silent = evaluate_sample("b#0", "hotpotqa", GroundTruth(("Rome",)), "???", [Turn("invalid", 0, 1, 1, 1)])
     lines = evaluate.format_table(summarize([answered, silent])).splitlines()
     assert lines[0].split() == ["source", "n", "EM", "F1", "cover-EM", "searches", "gold-hit", "redundancy",
-                                "format"]
-    assert lines[1].split() == ["hotpotqa", "1", *["0.000"] * 7]
-    assert lines[2].split() == ["musique", "1", "1.000", "1.000", "1.000", "0.000", "0.000", "0.000", "1.000"]
+                                "format", "empty"]
+    assert lines[1].split() == ["hotpotqa", "1", *["0.000"] * 8]
+    assert lines[2].split() == ["musique", "1", "1.000", "1.000", "1.000", "0.000", "0.000", "0.000", "1.000",
+                                "0.000"]
     assert lines[3].split()[:3] == ["all", "2", "0.500"]
     three_hop = evaluate_sample("c#0", "musique", GroundTruth(("Oslo",), num_hops=3), "<answer> Oslo </answer>",
                                 [Turn("answer", 0, 1, 1, 1)])

@@ -13,6 +13,7 @@ from workers.evaluation import (
     EVAL_COUNT,
     EVAL_COVER_EM,
     EVAL_EM,
+    EVAL_EMPTY_ANSWER,
     EVAL_F1,
     EVAL_FORMAT_OK,
     EVAL_GOLD_HIT,
@@ -83,12 +84,12 @@ def test_aggregates_overall_and_per_source() -> None:
     expected = {EVAL_EM: 1 / 3, EVAL_F1: (1 + 2 / 3) / 3, EVAL_COVER_EM: 2 / 3, EVAL_SEARCHES: 1.0,
                 EVAL_GOLD_HIT: 1 / 3,  # 1 hitting search of 3
                 EVAL_REDUNDANCY: 1 / 5,  # 1 repeated document of 5 retrieved
-                EVAL_FORMAT_OK: 2 / 3, EVAL_COUNT: 3.0}
+                EVAL_FORMAT_OK: 2 / 3, EVAL_EMPTY_ANSWER: 0.0, EVAL_COUNT: 3.0}
     assert result.overall == pytest.approx(expected)
     assert list(result.by_source) == ["hotpotqa", "musique"]
     assert result.by_source["musique"] == pytest.approx(
         {EVAL_EM: 0.5, EVAL_F1: (1 + 2 / 3) / 2, EVAL_COVER_EM: 1.0, EVAL_SEARCHES: 1.5, EVAL_GOLD_HIT: 1 / 3,
-         EVAL_REDUNDANCY: 1 / 5, EVAL_FORMAT_OK: 1.0, EVAL_COUNT: 2.0})
+         EVAL_REDUNDANCY: 1 / 5, EVAL_FORMAT_OK: 1.0, EVAL_EMPTY_ANSWER: 0.0, EVAL_COUNT: 2.0})
     assert result.by_source["hotpotqa"] == {**dict.fromkeys(METRIC_KEYS, 0.0), EVAL_COUNT: 1.0}
     flat = result.metrics()
     assert flat["eval/em"] == pytest.approx(1 / 3) and flat["eval/musique/em"] == 0.5
@@ -111,6 +112,15 @@ def test_aggregates_per_hop_count_when_rows_know_it() -> None:
     assert flat["eval/2hop/em"] == 0.5 and flat["eval/3hop/count"] == 1.0 and "eval/0hop/em" not in flat
     assert json.loads(json.dumps(result.records[1].to_json()))["num_hops"] == 3
     assert summarize(result.records).by_hops == result.by_hops
+
+
+def test_an_empty_answer_block_is_counted_apart_from_no_answer() -> None:
+    empty = ("musique", GroundTruth(("Paris",)), "<search> q </search> ... <answer>  </answer>",
+             (search(0, "q", [("p1", G1)]), Turn("answer", 4, 6, 6, 6)))
+    result = evaluate_trajectories(make_batch([empty, SAMPLE_A, SAMPLE_C]))
+    assert [r.empty_answer for r in result.records] == [True, False, False]  # C never answered: not "empty"
+    assert result.records[0].prediction == "" and result.records[0].format_ok
+    assert result.overall[EVAL_EMPTY_ANSWER] == pytest.approx(1 / 3)
 
 
 def test_gold_hit_skips_samples_without_support_passages() -> None:

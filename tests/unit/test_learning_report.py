@@ -13,7 +13,7 @@ def test_held_out_keeps_the_reported_metrics_under_short_names() -> None:
     metrics = {"eval/em": 0.25, "eval/f1": 0.5, "eval/searches": 3.0, "eval/gold_hit": 0.4,
                "eval/redundancy": 0.2, "eval/format_ok": 1.0, "eval/toyworld/em": 0.25, "eval/count": 8.0}
     assert held_out(metrics) == {"em": 0.25, "f1": 0.5, "searches": 3.0, "gold_hit": 0.4, "redundancy": 0.2,
-                                 "format_ok": 1.0}
+                                 "format_ok": 1.0, "empty_answer": 0.0}
     assert held_out({})["em"] == 0.0 and "by_hops" not in held_out({})
 
 
