@@ -24,7 +24,7 @@ TINY = TinyModelConfig(vocab_size=800, num_layers=2)
 SMALL = ["rollout.engine=hf", "rollout.max_action_tokens=16", "rollout.max_response_tokens=128",
          "rollout.max_obs_tokens=64", "rollout.max_turns=2"]
 RECORD_FIELDS = {"sample_id", "data_source", "question", "targets", "prediction", "em", "f1", "cover_em",
-                 "format_ok", "num_searches", "gold_hit", "redundancy", "response_text", "turns"}
+                 "format_ok", "num_hops", "num_searches", "gold_hit", "redundancy", "response_text", "turns"}
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +46,22 @@ def test_evaluate_prints_the_table_and_writes_one_prediction_per_row(toy: dict) 
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("source"))
     assert lines[header].split() == ["source", "n", "EM", "F1", "cover-EM", "searches", "gold-hit",
-                                     "redundancy", "format"]
-    for line, name in zip(lines[header + 1:header + 3], ("toyworld", "all"), strict=True):
-        cells = line.split()
-        assert cells[:2] == [name, "3"] and all(0.0 <= float(c) for c in cells[2:])
+                                     "redundancy", "format", "empty"]
+    last = next(i for i, line in enumerate(lines) if line.startswith("all "))
+    table = [line.split() for line in lines[header + 1:last + 1]]
+    assert [cells[:2] for cells in (table[0], table[-1])] == [["toyworld", "3"], ["all", "3"]]
+    assert all(0.0 <= float(c) for cells in table for c in cells[2:])
+    hops = {int(cells[0].removesuffix("-hop")): int(cells[1]) for cells in table[1:-1]}  # one line per hop count
+    rows = read_rows(toy["dir"] / "test.parquet")[:3]
+    assert hops == {h: sum(r.num_hops == h for r in rows) for h in {r.num_hops for r in rows}}
     assert "evaluate" in result.stderr  # the progress bar
     path = toy["policy"] / "predictions-test.jsonl"  # the default: beside the checkpoint
     assert lines[-2:] == [f"predictions: {path}", f"metrics:     {toy['policy'] / 'predictions-test.metrics.json'}"]
     overall = json.loads((toy["policy"] / "predictions-test.metrics.json").read_text())
     assert overall["questions"] == 3 and overall["split"] == "test"
-    assert abs(overall["eval/em"] - float(lines[header + 2].split()[2])) < 1e-3  # the table's "all" row
+    assert abs(overall["eval/em"] - float(lines[last].split()[2])) < 1e-3  # the table's "all" row
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    rows = read_rows(toy["dir"] / "test.parquet")[:3]
+    assert [r["num_hops"] for r in records] == [row.num_hops for row in rows]
     assert [r["sample_id"] for r in records] == [f"{row.id}#0" for row in rows]
     assert [r["question"] for r in records] == [row.question for row in rows]
     for record in records:
