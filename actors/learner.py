@@ -133,11 +133,14 @@ class LearnerGroup:
                                                        self.group_size, W, *parts)
         return targets_ref, ray.get(stats_ref)
 
-    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None
-               ) -> dict[str, float]:
-        """One StePPO update on a rollout batch; returns its metrics (``ppo/...`` keys)."""
+    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
+               update_policy: bool = True) -> dict[str, float]:
+        """One StePPO update on a rollout batch; returns its metrics (``ppo/...`` keys).
+
+        ``update_policy=False`` trains the critic alone (critic warmup)."""
         targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size)
-        results = ray.get([a.ppo_update.remote(traj_ref, targets_ref) for a in self.all_ranks])
+        results = ray.get([a.ppo_update.remote(traj_ref, targets_ref, update_policy)
+                           for a in self.all_ranks])
         metrics = dict(stats)
         for ranks_metrics in results[::self.cfg.num_ranks]:  # rank 0 of each set
             metrics.update(ranks_metrics)

@@ -158,11 +158,12 @@ class StePPOTrainer:
         reward_ref = self.reward.score_ref(traj_ref)
         return reward_ref, ray.get(_reward_summary.remote(reward_ref))
 
-    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int) -> dict[str, float]:
+    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int, update_policy: bool = True
+               ) -> dict[str, float]:
         """One PPO update; a dead learner rank fails the step with a clear message."""
         assert self.learner is not None
         try:
-            return self.learner.update(traj_ref, reward_ref, batch_size)
+            return self.learner.update(traj_ref, reward_ref, batch_size, update_policy)
         except RayActorError as exc:
             raise LearnerFailure(
                 f"a learner rank died during step {self.step + 1}; resume with trainer.resume=auto "
@@ -175,9 +176,28 @@ class StePPOTrainer:
 
     def train_step(self) -> dict[str, float]:
         """One StePPO step; returns its metrics with the time split."""
+        return self._step(self.cfg.seed * 1_000_003 + self.step, update_policy=True)
+
+    def warmup_critic(self, on_step: Callable[[int, dict[str, float]], None] | None = None
+                      ) -> list[dict[str, float]]:
+        """``trainer.critic_warmup_steps`` rollout batches that train the critic alone.
+
+        Runs only before step 1 (not after a resume); the policy, the rollout weights and
+        the step count stay as they were. Returns each warmup step's metrics, also given
+        to ``on_step(i, metrics)`` (i from 1) as they come.
+        """
+        out: list[dict[str, float]] = []
+        if self.step > 0:
+            return out
+        for i in range(self.cfg.trainer.critic_warmup_steps):
+            out.append(self._step(self.cfg.seed * 1_000_003 - 1 - i, update_policy=False))
+            if on_step is not None:
+                on_step(i + 1, out[-1])
+        return out
+
+    def _step(self, seed: int, update_policy: bool) -> dict[str, float]:
         started = time.perf_counter()
         rows = self.sampler.next_batch(self.cfg.trainer.batch_size)
-        seed = self.cfg.seed * 1_000_003 + self.step
         timed: dict[str, float] = {}
         traj_ref = _timed(timed, TIME_ROLLOUT, lambda: self.rollout(rows, seed=seed))
         assert self.rollout_group is not None
@@ -185,9 +205,11 @@ class StePPOTrainer:
         reward_ref, reward_stats = _timed(timed, TIME_REWARD, lambda: self.score(traj_ref))
         batch = len(rows) * self.cfg.rollout.n_samples
         metrics.update(reward_stats)
-        metrics.update(_timed(timed, TIME_LEARN, lambda: self.update(traj_ref, reward_ref, batch)))
-        self.step += 1
-        _timed(timed, TIME_SYNC, self.sync_weights)
+        metrics.update(_timed(timed, TIME_LEARN,
+                              lambda: self.update(traj_ref, reward_ref, batch, update_policy)))
+        if update_policy:
+            self.step += 1
+            _timed(timed, TIME_SYNC, self.sync_weights)
         total = time.perf_counter() - started
         metrics.update(timed)
         metrics[TIME_STEP] = total

@@ -21,6 +21,7 @@ STEP_LINE = (
     ("redund", "reward/redundancy", "{:.3f}"),
     ("searches", "reward/num_searches", "{:.2f}"),
     ("KL", "ppo/kl_ref", "{:.4f}"),
+    ("value EV", "ppo/explained_variance", "{:+.2f}"),
 )
 PLOT_GROUPS = {
     "reward components": ("reward/outcome", "reward/answer_f1", "reward/key_score",
@@ -35,9 +36,9 @@ def progress_bar(total: int, initial: int = 0, desc: str = "StePPO") -> tqdm:
                 dynamic_ncols=True, leave=True)
 
 
-def step_line(step: int, total: int, metrics: Mapping[str, float]) -> str:
+def step_line(step: int, total: int, metrics: Mapping[str, float], label: str = "step") -> str:
     """``step 3/20 | reward +0.120 | F1 0.050 | ... | 31.2 s (rollout 20.1, reward 0.3, ...)``."""
-    parts = [f"step {step}/{total}"]
+    parts = [f"{label} {step}/{total}"]
     parts += [f"{name} {fmt.format(metrics[key])}" for name, key, fmt in STEP_LINE if key in metrics]
     if "eval/f1" in metrics:
         parts.append(f"val F1 {metrics['eval/f1']:.3f} EM {metrics.get('eval/em', 0.0):.3f}")
@@ -47,8 +48,9 @@ def step_line(step: int, total: int, metrics: Mapping[str, float]) -> str:
     return " | ".join(parts)
 
 
-def print_step(step: int, total: int, metrics: Mapping[str, float], bar: tqdm | None = None) -> None:
-    line = step_line(step, total, metrics)
+def print_step(step: int, total: int, metrics: Mapping[str, float], bar: tqdm | None = None,
+               label: str = "step") -> None:
+    line = step_line(step, total, metrics, label)
     if bar is not None:
         bar.write(line)
     else:

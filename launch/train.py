@@ -53,6 +53,16 @@ def _prepare_inputs(cfg: Config) -> tuple[Config, str]:
     return cfg, resolve_policy_path(cfg.model, data_dir, cfg.data.format)
 
 
+def warm_up_critic(trainer: StePPOTrainer, tracker: MetricsLogger) -> None:
+    """Run ``trainer.critic_warmup_steps`` (fresh runs only), a line per step; the last
+    step's ``ppo/`` metrics go to the log at step 0 as ``critic_warmup/...``."""
+    total = trainer.cfg.trainer.critic_warmup_steps
+    records = trainer.warmup_critic(lambda i, m: print_step(i, total, m, label="critic warmup"))
+    if records:
+        last = {f"critic_warmup/{k.split('/', 1)[1]}": v for k, v in records[-1].items() if k.startswith("ppo/")}
+        tracker.log(0, {**last, "critic_warmup/steps": float(len(records))})
+
+
 def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """The whole job; returns the summary also written to ``run_dir/summary.json``."""
     check_fits(cfg, init_ray(cfg.cluster, logging_level="WARNING"))  # before any data or actor work
@@ -64,6 +74,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     try:
         trainer.setup()
         trainer.resume()
+        warm_up_critic(trainer, tracker)
         bar = progress_bar(cfg.trainer.total_steps, initial=trainer.step)
         while trainer.step < cfg.trainer.total_steps:
             metrics = trainer.train_step()

@@ -42,7 +42,7 @@ from launch.cli import run_tool, split_tool_args
 from launch.config import load_config
 from launch.report import print_step, progress_bar
 from launch.sft import run_sft
-from launch.train import _prepare_inputs
+from launch.train import _prepare_inputs, warm_up_critic
 from workers.config import Config, ConfigError
 from workers.data.rows import QARow, read_rows
 from workers.evaluation import (
@@ -134,6 +134,7 @@ def run_arm(cfg: Config, run_dir: Path, policy: str, retrieval: RetrievalGroup, 
     try:
         trainer.setup(retrieval, rollout)
         tracker.log(0, start_eval)  # the warm start's validation numbers, the curves' first point
+        warm_up_critic(trainer, tracker)
         total = cfg.trainer.total_steps
         bar = progress_bar(total, desc=run_dir.name)
         while trainer.step < total:
@@ -178,7 +179,9 @@ def markdown_table(results: dict[str, Any]) -> str:
             spread = statistics.pstdev(values) if len(values) > 1 else 0.0
             cells.append(f"{fmt.format(statistics.fmean(values))} ± {fmt.format(spread)}")
         seeds = ",".join(str(r["seed"]) for r in runs)
-        lines.append(f"| after {results['steps']} steps of {arm} (seeds {seeds}) | " + " | ".join(cells) + " |")
+        warmup = results.get("critic_warmup_steps", 0)
+        after = f"{warmup} critic warmup steps and {results['steps']}" if warmup else str(results["steps"])
+        lines.append(f"| after {after} steps of {arm} (seeds {seeds}) | " + " | ".join(cells) + " |")
     lines.append("")
     means = {arm: statistics.fmean(r["em"] for r in results[arm]) for arm in results["arms"]}
     lines.append("Mean test EM minus the warm start's: " + "; ".join(
@@ -308,6 +311,7 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
         **{ARM_NAMES.get(arm, arm): runs[arm] for arm in arms},
         "arms": [ARM_NAMES.get(arm, arm) for arm in arms],
         "steps": cfg.trainer.total_steps,
+        "critic_warmup_steps": cfg.trainer.critic_warmup_steps,
         "test_questions": len(test_rows),
         "wall_s": time.perf_counter() - started,
         "sft_included": "sft_policy" not in args,

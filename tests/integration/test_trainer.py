@@ -129,3 +129,28 @@ def test_a_dead_learner_rank_fails_the_step_with_a_resume_hint(trainer) -> None:
     os.kill(_pids("LearnerWorker")[0], signal.SIGKILL)
     with pytest.raises(LearnerFailure, match=r"trainer.resume=auto"):
         trainer.train_step()
+
+
+def test_critic_warmup_trains_the_critic_alone_before_step_one(trainer, tmp_path: Path, capsys) -> None:
+    from dataclasses import replace
+
+    from launch.train import warm_up_critic
+    from workers.tracking import MetricsLogger, read_metrics
+
+    trainer.cfg = replace(trainer.cfg, trainer=replace(trainer.cfg.trainer, critic_warmup_steps=2))
+    assert trainer.learner is not None
+    policy, critic = trainer.learner.parameters(role="policy"), trainer.learner.parameters(role="critic")
+    tracker = MetricsLogger(tmp_path / "log", tensorboard=False)
+    warm_up_critic(trainer, tracker)
+    tracker.close()
+    assert trainer.step == 0
+    np.testing.assert_array_equal(trainer.learner.parameters(role="policy"), policy)
+    assert not np.allclose(trainer.learner.parameters(role="critic"), critic)
+    assert capsys.readouterr().out.count("critic warmup ") == 2
+    (record,) = read_metrics(tmp_path / "log" / "metrics.jsonl")
+    assert record["step"] == 0 and record["critic_warmup/steps"] == 2
+    assert record["critic_warmup/value_loss"] > 0 and "critic_warmup/policy_loss" not in record
+    first = trainer.train_step()
+    assert trainer.step == 1 and "ppo/policy_loss" in first
+    assert not np.allclose(trainer.learner.parameters(role="policy"), policy)
+    assert trainer.warmup_critic() == []  # never after step 1 (a resumed run)

@@ -69,6 +69,9 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["data.toyworld.hops=[5]"], "data.toyworld.hops"),
     (["learner.num_threads=0"], "learner.num_threads"),
     (["sft.first_search_steps=-1"], "sft.first_search_steps"),
+    (["trainer.critic_warmup_steps=-1"], "trainer.critic_warmup_steps"),
+    (["trainer.critic_warmup_steps=2", "learner.advantage_estimator=grpo", "rollout.n_samples=2"],
+     "trainer.critic_warmup_steps"),
     (["sft.lr_schedule=linear"], "sft.lr_schedule"),
     (["learner.engine=torch", "learner.precision=bf16"], "learner.precision"),
 ])

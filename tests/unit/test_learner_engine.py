@@ -198,6 +198,24 @@ def test_full_update_with_critic_and_checkpoint(model_path: str, tmp_path: Path)
                                worker.parameters_vector("critic"), atol=1e-6)
 
 
+def test_critic_warmup_update_moves_the_critic_alone(model_path: str) -> None:
+    traj, reward = make_batch()
+    cfg = tiny_cfg(mini_batch_size=4, micro_batch_size=2)
+    worker = LearnerWorker(cfg, model_path, roles=("policy", "critic"), seed=3)
+    worker.init_distributed()
+    out = worker.compute(traj)
+    targets = build_ppo_batch(traj, reward, cfg, out["old_logprobs"], out["ref_logprobs"],
+                              out["values"])
+    policy, critic = worker.parameters_vector(), worker.parameters_vector("critic")
+    metrics = worker.ppo_update(traj, targets, update_policy=False)
+    np.testing.assert_array_equal(worker.parameters_vector(), policy)
+    assert not np.allclose(worker.parameters_vector("critic"), critic)
+    assert metrics[ppo.VALUE_LOSS] > 0 and ppo.POLICY_LOSS not in metrics and "ppo/grad_norm" not in metrics
+    # The next full update moves both.
+    worker.ppo_update(traj, targets)
+    assert not np.allclose(worker.parameters_vector(), policy)
+
+
 def test_minibatches_are_shared_and_split_evenly() -> None:
     mbs = minibatches(8, 4, seed=0)
     assert sorted(np.concatenate(mbs).tolist()) == list(range(8))

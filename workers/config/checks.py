@@ -136,7 +136,10 @@ def validate(cfg: Config) -> Config:
     _validate_data(cfg)
     _validate_runtime(cfg)
     _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size")
-    _non_negative(cfg, "trainer.eval_every", "trainer.save_every")
+    _non_negative(cfg, "trainer.eval_every", "trainer.save_every", "trainer.critic_warmup_steps")
+    _require(cfg.trainer.critic_warmup_steps == 0 or cfg.learner.advantage_estimator == "gae",
+             "trainer.critic_warmup_steps",
+             f"needs a critic, but learner.advantage_estimator={cfg.learner.advantage_estimator} has none")
     _validate_learner(cfg)
     if cfg.learner.num_threads is not None:
         _positive(cfg, "learner.num_threads")

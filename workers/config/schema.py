@@ -337,6 +337,10 @@ class TrainerConfig:
     """Evaluate every k steps (0: only at the end)."""
     eval_size: int = 32
     """Validation prompts per evaluation."""
+    critic_warmup_steps: int = 0
+    """Rollout batches that train the critic alone before step 1 (the policy and the
+    rollout weights stay as loaded). They are not counted in ``total_steps`` and are not
+    re-run on resume. Needs a critic (``learner.advantage_estimator=gae``)."""
     save_every: int = 0
     """Checkpoint every k steps (0: only at the end)."""
     run_dir: str = "runs/${now:%Y%m%d-%H%M%S}"

@@ -177,11 +177,13 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ PPO update
 
-    def ppo_update(self, batch: TrajectoryBatch, targets: PPOBatch) -> dict[str, float]:
+    def ppo_update(self, batch: TrajectoryBatch, targets: PPOBatch, update_policy: bool = True
+                   ) -> dict[str, float]:
         """``ppo_epochs`` passes over the batch, one optimizer step per mini-batch.
 
         Every rank takes its share of each mini-batch; losses are token means over the
         whole mini-batch's action tokens, so the step does not depend on the rank count.
+        ``update_policy=False`` trains the critic alone (critic warmup).
         Returns update metrics averaged over mini-batches (token means summed over ranks).
         """
         totals: dict[str, float] = {}
@@ -191,7 +193,8 @@ class LearnerWorker:
             for mb in minibatches(len(batch), self.cfg.mini_batch_size, order_seed):
                 num_tokens = float(batch.action_mask[mb].sum())
                 mine = shard_indices(mb, self.rank, self.world_size)
-                for key, value in self._minibatch_step(batch, targets, mine, num_tokens).items():
+                for key, value in self._minibatch_step(batch, targets, mine, num_tokens,
+                                                       update_policy).items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
         self.updates += 1
@@ -226,14 +229,15 @@ class LearnerWorker:
         return self._reduce_over_ranks(metrics)
 
     def _minibatch_step(self, batch: TrajectoryBatch, targets: PPOBatch, idx: np.ndarray,
-                        num_tokens: float) -> dict[str, float]:
+                        num_tokens: float, update_policy: bool = True) -> dict[str, float]:
         sums: dict[str, float] = {}
         n = max(num_tokens, 1.0)
+        policy = self.policy if update_policy else None
         for chunk in self._micro_chunks(idx, batch):
             inputs, response, mask = self._inputs(batch, chunk)
             t = response.shape[1]
             parts: dict[str, Tensor] = {}
-            if self.policy is not None:
+            if policy is not None:
                 parts.update(self._policy_micro_step(inputs, response, mask, targets, chunk, n))
             if self.critic is not None and targets.old_values is not None:
                 self.critic.module.train()
@@ -246,8 +250,8 @@ class LearnerWorker:
                 parts[ppo.VALUE_LOSS], parts[ppo.VALUE_CLIPFRAC] = v_loss.detach(), v_clip
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-        if self.policy is not None:
-            sums[GRAD_NORM], sums[LR] = self.policy.grad_norm(), self.policy.lr()
+        if policy is not None:
+            sums[GRAD_NORM], sums[LR] = policy.grad_norm(), policy.lr()
         if self.critic is not None:
             sums[CRITIC_GRAD_NORM] = self.critic.grad_norm()
         return sums
