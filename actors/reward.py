@@ -10,14 +10,18 @@ task concatenates the shards, so the driver never fetches the batch. With
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 import ray
 from ray.actor import ActorClass, ActorHandle
 
-from workers.config import RewardConfig
+from workers.config import ConfigError, RetrievalConfig, RewardConfig
 from workers.reward import RewardWorker, concat_reward_batches
+from workers.reward.info_gain import CorpusIdf
 from workers.types import RewardBatch, TrajectoryBatch
 
 logger = logging.getLogger(__name__)
@@ -35,19 +39,51 @@ def _concat(*parts: RewardBatch) -> RewardBatch:
     return concat_reward_batches(parts)
 
 
-class RewardGroup:
-    """``cfg.num_workers`` reward actors scoring shards of each batch, or one in-process worker."""
+def corpus_idf(retrieval: RetrievalConfig) -> CorpusIdf:
+    """Document frequencies over the retrieval corpus, for ``reward.info_gain_idf=corpus``.
 
-    def __init__(self, cfg: RewardConfig, actor_options: Mapping[str, Any] | None = None) -> None:
+    Reads the corpus store of ``retrieval.index_dir`` when it has one, else parses
+    ``retrieval.corpus_path`` (bad lines raise ``CorpusError`` with their line numbers).
+    One pass over every passage: seconds for toyworld, long for a corpus of millions.
+    """
+    from retrieval_service.corpus import CORPUS_FILE, CorpusStore
+
+    started = time.perf_counter()
+    if retrieval.index_dir and (Path(retrieval.index_dir) / CORPUS_FILE).is_file():
+        idf = CorpusIdf.from_texts(t for batch in CorpusStore(retrieval.index_dir).iter_contents(10_000) for t in batch)
+    elif retrieval.corpus_path:
+        with tempfile.TemporaryDirectory(prefix="reward-idf-") as tmp:
+            store = CorpusStore.build(retrieval.corpus_path, tmp, progress=False)
+            idf = CorpusIdf.from_texts(t for batch in store.iter_contents(10_000) for t in batch)
+            del store  # its memory map must close before the directory goes
+    else:
+        raise ConfigError("reward.info_gain_idf", "corpus needs retrieval.corpus_path or an index_dir "
+                                                  "with a corpus store")
+    logger.info("corpus idf: %d passages, %d terms in %.1f s", idf.num_docs, len(idf.doc_freq),
+                time.perf_counter() - started)
+    return idf
+
+
+class RewardGroup:
+    """``cfg.num_workers`` reward actors scoring shards of each batch, or one in-process worker.
+
+    ``idf``: the corpus document frequencies when ``cfg.info_gain_idf`` is ``corpus``
+    (``corpus_idf``); it goes to the object store once and every replica reads that copy.
+    """
+
+    def __init__(self, cfg: RewardConfig, actor_options: Mapping[str, Any] | None = None,
+                 idf: CorpusIdf | None = None) -> None:
         self.cfg = cfg
         self._local: RewardWorker | None = None
         self._actors: list[ActorHandle] = []
         self._concat = ray.remote(num_cpus=0)(_concat)
         if cfg.num_workers == 0:
-            self._local = RewardWorker(cfg)
+            self._local = RewardWorker(cfg, idf)
         else:
             actor_cls = make_reward_actor(**dict(actor_options or {}))
-            self._actors = [cast(ActorHandle, actor_cls.remote(cfg)) for _ in range(cfg.num_workers)]
+            self._idf_ref = ray.put(idf)  # kept while the replicas may restart
+            self._actors = [cast(ActorHandle, actor_cls.remote(cfg, self._idf_ref))
+                            for _ in range(cfg.num_workers)]
         logger.info("reward group %r: %d actor(s)", cfg.name, len(self._actors))
 
     @property

@@ -21,7 +21,7 @@ from ray.exceptions import RayActorError
 
 from actors.learner import LearnerGroup
 from actors.retrieval import RetrievalGroup
-from actors.reward import RewardGroup
+from actors.reward import RewardGroup, corpus_idf
 from actors.rollout import RolloutGroup
 from workers.config import Config, ConfigError
 from workers.data.loader import PromptSampler
@@ -114,7 +114,8 @@ class StePPOTrainer:
         self.rollout_group = rollout or RolloutGroup(cfg.rollout, self.model_path, retrieval.search,
                                                      topk=cfg.retrieval.topk, dtype=cfg.model.dtype,
                                                      trust_remote_code=cfg.model.trust_remote_code)
-        self.reward = RewardGroup(cfg.reward)
+        idf = corpus_idf(cfg.retrieval) if cfg.reward.use_info_gain and cfg.reward.info_gain_idf == "corpus" else None
+        self.reward = RewardGroup(cfg.reward, idf=idf)
         self.learner = LearnerGroup(cfg.learner, self.model_path, seed=cfg.seed,
                                     total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples,
                                     temperature=cfg.rollout.temperature)

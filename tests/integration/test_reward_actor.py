@@ -72,3 +72,35 @@ def test_in_process_group_accepts_refs_and_batches(ray_cluster: dict) -> None:
     expected = RewardWorker(RewardConfig()).score(batch)
     assert_same(local.score(ray.put(batch)), expected)
     assert_same(ray.get(local.score_ref(batch)), expected)
+
+
+def test_replicas_score_with_the_corpus_idf(ray_cluster: dict, tmp_path) -> None:
+    import json
+
+    import numpy as np
+
+    from actors.reward import RewardGroup, corpus_idf
+    from retrieval_service.corpus import CorpusError
+    from tests.unit.test_reward_scoring import NEAR, PARIS, ROME, near_miss_sample
+    from workers.config import RetrievalConfig
+    from workers.reward.info_gain import CorpusIdf
+
+    passages = [("Paris", PARIS), ("Rome", ROME), ("Lyon", NEAR), ("Lyon", "Lyon is a city of France")]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "title": t, "text": x}) + "\n"
+                              for i, (t, x) in enumerate(passages)))
+    idf = corpus_idf(RetrievalConfig(corpus_path=str(corpus)))
+    assert idf == CorpusIdf.from_texts(f'"{t}"\n{x}' for t, x in passages)  # the texts the reward sees
+    cfg = RewardConfig(num_workers=2, info_gain_idf="corpus")
+    group = RewardGroup(cfg, actor_options={"num_cpus": 0.5}, idf=idf)
+    try:
+        batch = make_batch([near_miss_sample(), SAMPLE, near_miss_sample()])
+        rewards = group.score(batch)
+    finally:
+        group.shutdown()
+    assert_same(rewards, RewardWorker(cfg, idf).score(batch))
+    assert not np.allclose(rewards.token_rewards, RewardWorker(RewardConfig()).score(batch).token_rewards)
+
+    corpus.write_text(corpus.read_text() + '{"id": "d9", "title": "x"}\n')
+    with pytest.raises(CorpusError, match="line 5: missing field 'text'"):
+        corpus_idf(RetrievalConfig(corpus_path=str(corpus)))

@@ -70,6 +70,7 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["learner.num_threads=0"], "learner.num_threads"),
     (["sft.first_search_steps=-1"], "sft.first_search_steps"),
     (["trainer.critic_warmup_steps=-1"], "trainer.critic_warmup_steps"),
+    (["reward.info_gain_idf=global"], "reward.info_gain_idf"),
     (["trainer.critic_warmup_steps=2", "learner.advantage_estimator=grpo", "rollout.n_samples=2"],
      "trainer.critic_warmup_steps"),
     (["sft.lr_schedule=linear"], "sft.lr_schedule"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workers.reward import (
+    CorpusIdf,
     analyze,
     information_gains,
     normalize_answer,
@@ -158,3 +160,48 @@ def test_vectorized_cosine_equals_tfidfvectorizer(docs: list[str], golds: list[s
     slow = tfidf_cosines_reference(docs, golds)
     assert fast.shape == slow.shape == (len(docs), len(golds))
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(corpus=st.lists(TEXTS, min_size=1, max_size=6), data=st.data())
+def test_corpus_idf_cosine_equals_tfidfvectorizer_fitted_on_the_corpus(corpus: list[str], data) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    docs = data.draw(st.lists(st.sampled_from(corpus), min_size=1, max_size=3))
+    golds = data.draw(st.lists(st.sampled_from(corpus), min_size=1, max_size=3))
+    ours = CorpusIdf.from_texts(corpus).cosines(docs, golds)
+    assert ours.shape == (len(docs), len(golds))
+    try:
+        fitted = TfidfVectorizer().fit([normalize_answer(t) for t in corpus])
+    except ValueError:  # no text of the corpus has a term
+        np.testing.assert_array_equal(ours, 0.0)
+        return
+    expected = (fitted.transform([normalize_answer(d) for d in docs])
+                @ fitted.transform([normalize_answer(g) for g in golds]).T).toarray()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-9)
+
+
+def test_corpus_idf_gives_a_wrong_passage_of_the_right_kind_little_gain() -> None:
+    # Passages of one kind share a template; only the entity names tell them apart.
+    rng = random.Random(0)
+    syllables = ["ka", "to", "rei", "mun", "sha", "vel", "dor", "qui", "zan", "bei", "lo", "fur"]
+
+    def name() -> str:
+        return "".join(rng.choice(syllables) for _ in range(3)).capitalize()
+
+    countries = [name() for _ in range(5)]
+    cities = [(name(), rng.choice(countries), rng.randrange(10_000, 900_000)) for _ in range(40)]
+    city_text = {c: f"{c} is a city in {k}, with about {n} residents." for c, k, n in cities}
+    people = [(f"{name()} {name()}", rng.choice(cities)[0], name()) for _ in range(40)]
+    person_text = [f"{who} is a lawyer born in {city}. {who} studied at {uni} University." for who, city, uni in people]
+    born_in = people[0][1]
+    other = next(c for c, _, _ in cities if c != born_in)
+    gold = [person_text[0], city_text[born_in]]  # born in X; X is in country Y
+    right = [[person_text[0]], [city_text[born_in]]]
+    wrong = [[person_text[0]], [city_text[other]]]  # the second search found another city
+    cos = CorpusIdf.from_texts([*city_text.values(), *person_text]).cosines
+    pair_right, pair_wrong = information_gains(right, gold)[1], information_gains(wrong, gold)[1]
+    corpus_right, corpus_wrong = information_gains(right, gold, cos)[1], information_gains(wrong, gold, cos)[1]
+    assert pair_wrong > 0.4 * pair_right  # the template earns the wrong city much of the gain
+    assert corpus_wrong < 0.2 * corpus_right
+    assert corpus_right - corpus_wrong > 1.5 * (pair_right - pair_wrong)

@@ -11,9 +11,11 @@ import pytest
 from launch.config import load_config
 from workers.config import ConfigError, RewardConfig
 from workers.reward import (
+    CorpusIdf,
     MalformedTrajectoryError,
     RewardWorker,
     concat_reward_batches,
+    information_gains,
     last_action_index,
     reward_metrics,
     shard_range,
@@ -227,6 +229,41 @@ def test_error_survives_pickling() -> None:  # Ray ships actor errors pickled
 def test_bad_metric_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"reward\.answer_metric"):
         RewardWorker(RewardConfig(answer_metric="bleu"))
+
+
+def test_corpus_idf_needs_document_frequencies() -> None:
+    corpus_cfg = RewardConfig(info_gain_idf="corpus")
+    with pytest.raises(ConfigError, match=r"reward\.info_gain_idf"):
+        RewardWorker(corpus_cfg)
+    with pytest.raises(ConfigError, match=r"reward\.info_gain_idf"):
+        RewardWorker(RewardConfig(info_gain_idf="global"))
+    RewardWorker(replace(corpus_cfg, use_info_gain=False))  # nothing to weigh: no idf needed
+
+
+NEAR = "Lyon is the capital of a region of France"
+
+
+def near_miss_sample() -> Sample:
+    """Step 1 retrieves NEAR, which shares words with the gold documents but is neither;
+    step 2 retrieves both gold documents."""
+    steps = (Step("search", 4, 5, "capital of France", ("n1",), (NEAR,)),
+             Step("search", 3, 4, "river of Rome", ("p1", "r1"), (PARIS, ROME)),
+             Step("answer", 3))
+    return Sample(steps, TEXT, TRUTH, sample_id="near")
+
+
+def test_corpus_idf_changes_only_the_information_gain() -> None:
+    batch, near = make_batch([near_miss_sample()]), NEAR
+    idf = CorpusIdf.from_texts([PARIS, ROME, near, "Lyon is a city of France", "Rome is a city of Italy"])
+    pair = RewardWorker(RewardConfig()).score(batch)
+    corpus = RewardWorker(RewardConfig(info_gain_idf="corpus"), idf).score(batch)
+    steps_pair, steps_corpus = pair.token_rewards[0, [3, 11]], corpus.token_rewards[0, [3, 11]]
+    expected = [0.6 * g for g in information_gains([[near], [PARIS, ROME]], [PARIS, ROME], idf.cosines)]
+    np.testing.assert_allclose(steps_corpus, expected, rtol=1e-6)
+    assert not np.allclose(steps_pair, steps_corpus)
+    assert steps_pair.sum() == pytest.approx(steps_corpus.sum())  # the gains add up to 1 either way
+    np.testing.assert_array_equal(pair.outcome, corpus.outcome)
+    np.testing.assert_array_equal(pair.token_rewards[0, 18], corpus.token_rewards[0, 18])
 
 
 def three_samples() -> TrajectoryBatch:

@@ -22,6 +22,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "learner.lr_schedule": ("constant", "cosine"),
     "sft.lr_schedule": ("constant", "cosine"),
     "learner.advantage_estimator": ("gae", "grpo"),
+    "reward.info_gain_idf": ("pair", "corpus"),
     "learner.engine": ("deepspeed", "torch"),
     "learner.precision": ("auto", "fp32", "bf16"),
 }

@@ -229,6 +229,11 @@ class RewardConfig:
     """Add the information gain G_t on each search step."""
     use_redundancy: bool = True
     """Subtract the redundancy penalty P_t on each search step."""
+    info_gain_idf: str = "pair"
+    """Where the information gain's TF-IDF takes its idf from. pair: each retrieved
+    document with the gold documents (StepSearch's released code); corpus: the retrieval
+    corpus, so words that many passages share (function words, the template words of
+    passages of one kind) weigh little (docs/learning.md)."""
     use_search_key: bool = True
     """Add key_weight x search-key score to the outcome."""
     format_penalty: float = -1.0

@@ -4,6 +4,7 @@ Ray-free; runs in reward actors (CPU) or in the driver when ``reward.num_workers
 """
 
 from workers.reward.info_gain import (
+    CorpusIdf,
     analyze,
     information_gains,
     redundancy_penalties,
@@ -35,6 +36,7 @@ from workers.reward.scoring import (
 )
 
 __all__ = [
+    "CorpusIdf",
     "MalformedTrajectoryError",
     "RewardWorker",
     "TrajectoryScore",

@@ -22,7 +22,9 @@ from __future__ import annotations
 import logging
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
@@ -69,11 +71,12 @@ def analyze(text: str) -> list[str]:
     return [term for term in _raw_terms(text) if term not in _ARTICLES]
 
 
-def _term_counts(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _term_counts(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Counts of the ``analyze`` terms of ``texts`` over a joint vocabulary of size V.
 
-    Returns ``(rows, columns, counts, V)``: one entry per (text, term) present, sorted by
-    text then term (the order of CSR storage).
+    Returns ``(rows, columns, counts, vocab)``: one entry per (text, term) present, sorted
+    by text then term (the order of CSR storage); ``vocab[column]`` is the term (the
+    articles hold columns 0 and 1 and are never counted).
     """
     terms_of = {text: _raw_terms(text) for text in dict.fromkeys(texts)}  # gold docs are
     term_lists = [terms_of[text] for text in texts]  # often retrieved too: analyze them once
@@ -86,7 +89,7 @@ def _term_counts(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     keep = columns >= len(_ARTICLES)
     width = len(vocab)
     keys, counts = np.unique(rows[keep] * width + columns[keep], return_counts=True)
-    return keys // width, keys % width, counts.astype(np.float64), width
+    return keys // width, keys % width, counts.astype(np.float64), np.asarray(vocab, dtype=object)
 
 
 def _stacked_csr(values: tuple[np.ndarray, np.ndarray], rows: np.ndarray, columns: np.ndarray,
@@ -115,7 +118,8 @@ def tfidf_cosines(documents: Sequence[str], gold_documents: Sequence[str]) -> np
     n_docs, n_gold = len(documents), len(gold_documents)
     if not n_docs or not n_gold:
         return np.zeros((n_docs, n_gold))
-    rows, columns, counts, width = _term_counts([*gold_documents, *documents])  # gold first
+    rows, columns, counts, vocab = _term_counts([*gold_documents, *documents])  # gold first
+    width = len(vocab)
     split = int(np.searchsorted(rows, n_gold))
     g_row, g_col, g_val = rows[:split], columns[:split], counts[:split]
     d_row, d_col, d_val = rows[split:] - n_gold, columns[split:], counts[split:]
@@ -146,6 +150,57 @@ def tfidf_cosines(documents: Sequence[str], gold_documents: Sequence[str]) -> np
 
     denom = np.sqrt(doc_norm_sq[:, None] * gold_norm_sq)
     return np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0.0)  # 0 for empty texts
+
+
+@dataclass(frozen=True)
+class CorpusIdf:
+    """Document frequencies of the ``analyze`` terms over a whole corpus.
+
+    ``reward.info_gain_idf=corpus`` scores the information gain with TF-IDF cosines whose
+    idf comes from the retrieval corpus (smooth idf ``ln((1 + N) / (1 + df)) + 1``, raw
+    term counts, l2-normalized rows, as scikit-learn's ``TfidfVectorizer`` fitted on the
+    corpus) instead of from each retrieved document and the gold documents alone. Words
+    that many passages share (function words, and the template words of passages of one
+    kind) then weigh little, so a passage about the wrong entity of the right kind earns
+    little of the gain of the right one. A term the corpus lacks counts as df 0.
+    """
+
+    num_docs: int
+    doc_freq: Mapping[str, int]
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> CorpusIdf:
+        """Count, for each term, the texts that hold it."""
+        counts: Counter[str] = Counter()
+        num_docs = 0
+        for text in texts:
+            counts.update(set(analyze(text)))
+            num_docs += 1
+        return cls(num_docs, dict(counts))
+
+    def idf(self, terms: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Smooth idf of each term; (len(terms),) float64."""
+        df = np.fromiter((self.doc_freq.get(t, 0) for t in terms), dtype=np.float64, count=len(terms))
+        return np.log((1.0 + self.num_docs) / (1.0 + df)) + 1.0
+
+    def cosines(self, documents: Sequence[str], gold_documents: Sequence[str]) -> np.ndarray:
+        """TF-IDF cosines of each document with each gold document under the corpus idf; (R, G).
+
+        >>> idf = CorpusIdf.from_texts(["Paris is a city in France", "Lyon is a city in France",
+        ...                             "Rome is a city in Italy"])
+        >>> idf.cosines(["Lyon is a city in France"], ["Paris is a city in France"]).round(4).tolist()
+        [[0.619]]
+        """
+        n_docs, n_gold = len(documents), len(gold_documents)
+        if not n_docs or not n_gold:
+            return np.zeros((n_docs, n_gold))
+        rows, columns, counts, vocab = _term_counts([*gold_documents, *documents])  # gold first
+        weighted = sp.csr_matrix((counts * self.idf(vocab)[columns], (rows, columns)),
+                                 shape=(n_gold + n_docs, len(vocab)))
+        norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1)).ravel())
+        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0.0)  # empty texts: 0
+        unit = sp.diags(inverse) @ weighted
+        return np.asarray((unit[n_gold:] @ unit[:n_gold].T).todense())
 
 
 def tfidf_cosines_reference(documents: Sequence[str], gold_documents: Sequence[str]) -> np.ndarray:

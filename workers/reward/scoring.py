@@ -19,7 +19,13 @@ from typing import NamedTuple, NoReturn
 import numpy as np
 
 from workers.config import ConfigError, RewardConfig
-from workers.reward.info_gain import information_gains, redundancy_penalties
+from workers.reward.info_gain import (
+    CorpusIdf,
+    CosineFn,
+    information_gains,
+    redundancy_penalties,
+    tfidf_cosines,
+)
 from workers.reward.metrics import (
     answer_f1,
     exact_match,
@@ -72,8 +78,12 @@ class TrajectoryScore(NamedTuple):
 
 
 def score_trajectory(turns: Sequence[Turn], response_text: str, truth: GroundTruth,
-                     cfg: RewardConfig) -> TrajectoryScore:
+                     cfg: RewardConfig, cosine_fn: CosineFn = tfidf_cosines) -> TrajectoryScore:
     """Outcome, search-key score and per-step gains/penalties of one trajectory.
+
+    ``cosine_fn`` scores documents against the gold documents for the information gain
+    (default: the per-document TF-IDF fit of StepSearch; ``CorpusIdf.cosines`` for
+    ``reward.info_gain_idf=corpus``).
 
     >>> truth = GroundTruth(target=("Paris",), search_keys=(("capital of France",),))
     >>> turns = [Turn("search", 0, 4, 4, 9, query="capital of France"),
@@ -91,7 +101,7 @@ def score_trajectory(turns: Sequence[Turn], response_text: str, truth: GroundTru
     key = search_key_score(queries, truth.search_keys) if cfg.use_search_key else 0.0
     no_steps = [0.0] * len(searches)
     texts = [turn.doc_texts for turn in searches]
-    gains = information_gains(texts, truth.support_docs) if cfg.use_info_gain else no_steps
+    gains = information_gains(texts, truth.support_docs, cosine_fn) if cfg.use_info_gain else no_steps
     # Redundancy compares document identities: ids, or the texts when a retriever gave none.
     ids = [turn.doc_ids or turn.doc_texts for turn in searches]
     penalties = redundancy_penalties(ids) if cfg.use_redundancy else no_steps
@@ -270,10 +280,15 @@ class RewardWorker:
     Stateless apart from its config, so replicas can score disjoint shards of one batch.
     """
 
-    def __init__(self, cfg: RewardConfig) -> None:
+    def __init__(self, cfg: RewardConfig, idf: CorpusIdf | None = None) -> None:
         if cfg.answer_metric not in ("f1", "em"):
             raise ConfigError("reward.answer_metric", f"must be f1 or em, got {cfg.answer_metric!r}")
+        if cfg.info_gain_idf not in ("pair", "corpus"):
+            raise ConfigError("reward.info_gain_idf", f"must be pair or corpus, got {cfg.info_gain_idf!r}")
+        if cfg.info_gain_idf == "corpus" and cfg.use_info_gain and idf is None:
+            raise ConfigError("reward.info_gain_idf", "corpus needs the corpus document frequencies (idf=)")
         self.cfg = cfg
+        self._cosine_fn: CosineFn = idf.cosines if cfg.info_gain_idf == "corpus" and idf else tfidf_cosines
 
     def score(self, batch: TrajectoryBatch, start: int = 0, stop: int | None = None) -> RewardBatch:
         """Rewards of samples ``[start, stop)`` of ``batch`` (default: all of it).
@@ -288,7 +303,8 @@ class RewardWorker:
         for i in range(start, stop):
             validate_trajectory(batch, i, self.cfg)
             turns = batch.turns[i]
-            score = score_trajectory(turns, batch.response_text[i], batch.ground_truth[i], self.cfg)
+            score = score_trajectory(turns, batch.response_text[i], batch.ground_truth[i], self.cfg,
+                                     self._cosine_fn)
             steps = score.step_rewards if score.format_ok else ()
             vector = token_rewards(turns, batch.action_mask[i], int(batch.response_lengths[i]),
                                    score.outcome, steps, self.cfg.step_reward_scale)
