@@ -216,6 +216,17 @@ def test_critic_warmup_update_moves_the_critic_alone(model_path: str) -> None:
     assert not np.allclose(worker.parameters_vector(), policy)
 
 
+def test_explained_variance_is_left_out_when_the_returns_do_not_vary() -> None:
+    traj, reward = make_batch()
+    cfg = tiny_cfg(kl_coef=0.0)
+    B, T = traj.response_ids.shape
+    logprobs, values = np.zeros((B, T), np.float32), np.random.default_rng(0).normal(size=(B, T)).astype(np.float32)
+    varied = build_ppo_batch(traj, reward, cfg, logprobs, None, values)
+    assert np.isfinite(varied.stats[ppo.EXPLAINED_VARIANCE])
+    flat = replace(reward, token_rewards=np.zeros_like(reward.token_rewards))  # every episode earned 0
+    assert ppo.EXPLAINED_VARIANCE not in build_ppo_batch(traj, flat, cfg, logprobs, None, values).stats
+
+
 def test_minibatches_are_shared_and_split_evenly() -> None:
     mbs = minibatches(8, 4, seed=0)
     assert sorted(np.concatenate(mbs).tolist()) == list(range(8))

@@ -36,6 +36,11 @@ class PPOBatch:
     stats: dict[str, float]
 
 
+MIN_RETURN_VAR = 1e-4
+"""Below this variance of the returns (a batch whose episodes all earned the same reward,
+up to the KL term) explained variance measures nothing and is not reported."""
+
+
 def build_ppo_batch(traj: TrajectoryBatch, rewards: RewardBatch, cfg: LearnerConfig,
                     old_logprobs: np.ndarray, ref_logprobs: np.ndarray | None,
                     values: np.ndarray | None, group_size: int = 1) -> PPOBatch:
@@ -49,7 +54,7 @@ def build_ppo_batch(traj: TrajectoryBatch, rewards: RewardBatch, cfg: LearnerCon
         group_size=group_size, whiten=cfg.whiten_advantages)
     stats = {ppo.ADVANTAGES_MEAN: float(ppo.masked_mean(advantages, mask)),
              ppo.RETURNS_MEAN: float(ppo.masked_mean(returns, mask))}
-    if vals is not None:
+    if vals is not None and float(ppo.masked_var(returns, mask)) > MIN_RETURN_VAR:
         stats[ppo.EXPLAINED_VARIANCE] = float(ppo.explained_variance(vals, returns, mask))
     if ref is not None:
         stats[KL_REF] = float(ppo.masked_mean(ppo.kl_estimate(old, ref, "k1"), mask))
