@@ -180,7 +180,8 @@ def markdown_table(results: dict[str, Any]) -> str:
             cells.append(f"{fmt.format(statistics.fmean(values))} ± {fmt.format(spread)}")
         seeds = ",".join(str(r["seed"]) for r in runs)
         warmup = results.get("critic_warmup_steps", 0)
-        after = f"{warmup} critic warmup steps and {results['steps']}" if warmup else str(results["steps"])
+        plural = "" if warmup == 1 else "s"
+        after = f"{warmup} critic warmup step{plural} and {results['steps']}" if warmup else str(results["steps"])
         lines.append(f"| after {after} steps of {arm} (seeds {seeds}) | " + " | ".join(cells) + " |")
     lines.append("")
     means = {arm: statistics.fmean(r["em"] for r in results[arm]) for arm in results["arms"]}

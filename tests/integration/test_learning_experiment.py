@@ -22,22 +22,23 @@ def test_experiment_runs_sft_then_both_arms_and_writes_results(tmp_path: Path) -
             "data.toyworld.num_questions=120", "data.toyworld.num_people=60", "data.toyworld.num_films=20",
             "data.toyworld.num_companies=15", "model.tiny.num_layers=2", "sft.max_rows=32", "sft.epochs=1",
             "sft.first_search_steps=2", "sft.batch_size=16", "sft.steps_per_call=1", "sft.eval_every=0",
-            "trainer.eval_size=4", "trainer.total_steps=2", "trainer.eval_every=1", "trainer.batch_size=2",
+            "trainer.eval_size=4", "trainer.total_steps=2", "trainer.critic_warmup_steps=1", "trainer.eval_every=1",
+            "trainer.batch_size=2",
             "rollout.n_samples=2", "learner.mini_batch_size=4", "learner.micro_batch_size=2", "rollout.engine=hf",
             "rollout.max_action_tokens=16", "trainer.tensorboard=false"]
     done = subprocess.run([sys.executable, "-m", "launch.experiments.toyworld_learning", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "toyworld_learning.json").read_text())
-    assert results["steps"] == 2 and results["test_questions"] == 4
+    assert results["steps"] == 2 and results["critic_warmup_steps"] == 1 and results["test_questions"] == 4
     assert results["arms"] == ["steppo", "outcome_only"]
     assert 0.0 <= results["sft"]["em"] <= 1.0 and Path(results["sft"]["policy"]).is_dir()
     for arm in ("steppo", "outcome_only"):
         (run,) = results[arm]
         assert run["seed"] == 1 and 0.0 <= run["em"] <= run["f1"] + 1e-9 <= 1.0 + 1e-9
-        steps = [json.loads(line)["step"] for line in
-                 (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-        assert steps == [0, 1, 2], steps
+        records = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [0, 0, 1, 2]  # the warm start's numbers, the critic warmup
+        assert records[1]["critic_warmup/steps"] == 1 and records[1]["critic_warmup/value_loss"] > 0
         predictions = [json.loads(line) for line in
                        (Path(run["run_dir"]) / "test_predictions.jsonl").read_text().splitlines()]
         assert len(predictions) == 4 and all(p["num_hops"] >= 2 and p["turns"] for p in predictions)
@@ -48,8 +49,9 @@ def test_experiment_runs_sft_then_both_arms_and_writes_results(tmp_path: Path) -
     assert set(by_hops) <= {"2", "3", "4"} and sum(h["count"] for h in by_hops.values()) == 4
     steppo = [json.loads(line) for line in
               (Path(results["steppo"][0]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    assert "reward/info_gain" in steppo[1] and "eval/f1" in steppo[0] and "eval/f1" in steppo[2]
+    assert "reward/info_gain" in steppo[2] and "eval/f1" in steppo[0] and "eval/f1" in steppo[3]
     table = (tmp_path / "results" / "toyworld_learning.md").read_text()
-    assert "SFT warm start" in table and "after 2 steps of steppo" in table and "outcome_only" in table
+    assert "SFT warm start" in table and "outcome_only" in table
+    assert "after 1 critic warmup step and 2 steps of steppo" in table
     assert "Test EM by number of hops" in table
     assert (tmp_path / "results" / "toyworld_learning.png").stat().st_size > 10_000
