@@ -81,7 +81,8 @@ class RewardGroup:
             self._local = RewardWorker(cfg, idf)
         else:
             actor_cls = make_reward_actor(**dict(actor_options or {}))
-            self._idf_ref = ray.put(idf)  # kept while the replicas may restart
+            # In the object store once, and kept referenced while the replicas may restart.
+            self._idf_ref = None if idf is None else ray.put(idf)
             self._actors = [cast(ActorHandle, actor_cls.remote(cfg, self._idf_ref))
                             for _ in range(cfg.num_workers)]
         logger.info("reward group %r: %d actor(s)", cfg.name, len(self._actors))
