@@ -10,7 +10,6 @@ task concatenates the shards, so the driver never fetches the batch. With
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,16 +45,13 @@ def corpus_idf(retrieval: RetrievalConfig) -> CorpusIdf:
     ``retrieval.corpus_path`` (bad lines raise ``CorpusError`` with their line numbers).
     One pass over every passage: seconds for toyworld, long for a corpus of millions.
     """
-    from retrieval_service.corpus import CORPUS_FILE, CorpusStore
+    from retrieval_service.corpus import CORPUS_FILE, CorpusStore, iter_passages
 
     started = time.perf_counter()
     if retrieval.index_dir and (Path(retrieval.index_dir) / CORPUS_FILE).is_file():
         idf = CorpusIdf.from_texts(t for batch in CorpusStore(retrieval.index_dir).iter_contents(10_000) for t in batch)
     elif retrieval.corpus_path:
-        with tempfile.TemporaryDirectory(prefix="reward-idf-") as tmp:
-            store = CorpusStore.build(retrieval.corpus_path, tmp, progress=False)
-            idf = CorpusIdf.from_texts(t for batch in store.iter_contents(10_000) for t in batch)
-            del store  # its memory map must close before the directory goes
+        idf = CorpusIdf.from_texts(d.contents for d in iter_passages(retrieval.corpus_path))
     else:
         raise ConfigError("reward.info_gain_idf", "corpus needs retrieval.corpus_path or an index_dir "
                                                   "with a corpus store")

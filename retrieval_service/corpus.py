@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -266,3 +267,16 @@ class CorpusStore:
             part = self._table.take(pa.array(np.asarray(list(rows), dtype=np.int64)))
         titles, texts = part.column("title").to_pylist(), part.column("text").to_pylist()
         return [f'"{t}"\n{x}' for t, x in zip(titles, texts, strict=True)]
+
+
+def iter_passages(jsonl_path: str | Path, batch_size: int = 10_000) -> Iterator[Document]:
+    """Every passage of a corpus JSONL, in file order, without keeping an index.
+
+    Parses through a temporary ``CorpusStore`` (so bad lines raise ``CorpusError`` with
+    their line numbers, as at index build time) and reads it back in batches.
+    """
+    with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
+        store = CorpusStore.build(jsonl_path, tmp, progress=False)
+        for lo in range(0, len(store), batch_size):
+            yield from store.documents(range(lo, min(lo + batch_size, len(store))))
+        del store  # its memory map must close before the directory goes

@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -36,13 +35,9 @@ SEARCH_GROUPS = ("new gold", "no new gold")
 
 def corpus_contents(path: Path) -> dict[str, str]:
     """Passage id -> ``"Title"\\ntext`` (what the reward scores); bad lines raise ``CorpusError``."""
-    from retrieval_service.corpus import CorpusStore
+    from retrieval_service.corpus import iter_passages
 
-    with tempfile.TemporaryDirectory(prefix="ig-probe-") as tmp:
-        store = CorpusStore.build(path, tmp, progress=False)
-        docs = store.documents(range(len(store)))
-        del store  # close the memory map before the directory goes
-    return {d.id: d.contents for d in docs}
+    return {d.id: d.contents for d in iter_passages(path)}
 
 
 def _test_rows(data_dir: Path) -> dict[str, Any]:
