@@ -168,9 +168,8 @@ def test_ppo_steps_with_positive_advantages_raise_action_logprobs(model_path: st
     assert metrics[ppo.POLICY_LOSS] < 0 and metrics[ppo.APPROX_KL] > 0
 
 
-def test_full_update_with_critic_and_checkpoint(model_path: str, tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM
-
+def _critic_worker(model_path: str) -> tuple[LearnerWorker, TrajectoryBatch, PPOBatch]:
+    """A policy+critic worker and the targets of one batch, computed by that worker."""
     traj, reward = make_batch()
     cfg = tiny_cfg(mini_batch_size=4, micro_batch_size=2)
     worker = LearnerWorker(cfg, model_path, roles=("policy", "critic"), seed=3)
@@ -178,6 +177,14 @@ def test_full_update_with_critic_and_checkpoint(model_path: str, tmp_path: Path)
     out = worker.compute(traj)
     targets = build_ppo_batch(traj, reward, cfg, out["old_logprobs"], out["ref_logprobs"],
                               out["values"])
+    return worker, traj, targets
+
+
+def test_full_update_with_critic_and_checkpoint(model_path: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    worker, traj, targets = _critic_worker(model_path)
+    cfg = worker.cfg
     assert targets.old_values is not None
     metrics = worker.ppo_update(traj, targets)
     assert metrics[ppo.VALUE_LOSS] > 0 and "ppo/grad_norm" in metrics
@@ -199,13 +206,7 @@ def test_full_update_with_critic_and_checkpoint(model_path: str, tmp_path: Path)
 
 
 def test_critic_warmup_update_moves_the_critic_alone(model_path: str) -> None:
-    traj, reward = make_batch()
-    cfg = tiny_cfg(mini_batch_size=4, micro_batch_size=2)
-    worker = LearnerWorker(cfg, model_path, roles=("policy", "critic"), seed=3)
-    worker.init_distributed()
-    out = worker.compute(traj)
-    targets = build_ppo_batch(traj, reward, cfg, out["old_logprobs"], out["ref_logprobs"],
-                              out["values"])
+    worker, traj, targets = _critic_worker(model_path)
     policy, critic = worker.parameters_vector(), worker.parameters_vector("critic")
     metrics = worker.ppo_update(traj, targets, update_policy=False)
     np.testing.assert_array_equal(worker.parameters_vector(), policy)
