@@ -13,8 +13,10 @@ one local Ray actor (throughput) and in one ``launch.serve_retrieval`` subproces
    at a time in this process with the same torch thread count and CPU niceness (both
    printed), same index and encoder, in interleaved rounds (medians); plus 8 callers sending
    8 queries per call (how rollout workers call) and the Ray-free ``BatchingSearcher`` with 64
-   callers; CPU ms per query (this process + the actor) beside wall time. Then the latency of
-   cache hits.
+   callers; CPU ms per query (this process + the actor) beside wall time, the CPU of the
+   actor's batch thread (encoder + FAISS) per query and the share of the wall time it spent
+   searching. Then the latency of cache hits. ``--interference`` first times the encoder next
+   to a CPU-bound and two memory-bound neighbour processes.
 3. HTTP load: N clients POSTing Search-R1-style requests for D seconds (cache off unless
    ``--http-cache``): requests, errors, p50/p99 latency.
 
@@ -47,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,8 @@ class Level:
     cpu_ms: list[float]
     ratio: list[float]
     batch: list[float]
+    encoder_ms: list[float] = field(default_factory=list)
+    encoder_busy: list[float] = field(default_factory=list)
 
 
 def _one_at_a_time(retriever: Retriever, queries: list[str], topk: int) -> tuple[float, float]:
@@ -140,24 +144,44 @@ def _one_at_a_time(retriever: Retriever, queries: list[str], topk: int) -> tuple
     return len(queries) / (time.perf_counter() - wall), 1000 * (time.process_time() - cpu) / len(queries)
 
 
+def _thread_cpu(_: object) -> tuple[float, float]:
+    """Inside the actor (through ``__ray_call__``): CPU seconds of the batch worker thread, which
+    runs the encoder and FAISS, and of the whole process. The thread's is NaN without /proc."""
+    total = time.process_time()
+    for thread in threading.enumerate():
+        if thread.name.startswith("retrieval-batch") and thread.native_id is not None:
+            try:
+                stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            except OSError:
+                break
+            utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+            return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK"), total
+    return float("nan"), total
+
+
 def _actor_level(group: object, queries: list[str], callers: int, topk: int, per_call: int = 1
-                 ) -> tuple[float, float, float]:
-    """Wall queries/s, CPU ms per query (actor + this process), mean batch size."""
+                 ) -> tuple[float, float, float, float, float]:
+    """Wall queries/s, CPU ms per query (actor + this process), mean batch size, the encoder
+    thread's CPU ms per query, and the share of the wall time the actor spent searching."""
     import ray
 
     actor = group.actors[0]  # type: ignore[attr-defined]
     group.clear_cache()  # type: ignore[attr-defined]
     group.reset_stats()  # type: ignore[attr-defined]
-    actor_cpu = ray.get(actor.cpu_seconds.remote())
+    encoder_cpu, actor_cpu = ray.get(actor.__ray_call__.remote(_thread_cpu))
     wall, cpu = time.perf_counter(), time.process_time()
     asyncio.run(_callers(actor, queries, callers, topk, per_call))
-    qps = len(queries) / (time.perf_counter() - wall)
-    used = time.process_time() - cpu + ray.get(actor.cpu_seconds.remote()) - actor_cpu
-    return qps, 1000 * used / len(queries), group.metrics()[BATCH_SIZE_MEAN]  # type: ignore[attr-defined]
+    elapsed = time.perf_counter() - wall
+    used = time.process_time() - cpu
+    encoder_after, actor_after = ray.get(actor.__ray_call__.remote(_thread_cpu))
+    used += actor_after - actor_cpu
+    stats = group.stats()  # type: ignore[attr-defined]
+    return (len(queries) / elapsed, 1000 * used / len(queries), stats.metrics()[BATCH_SIZE_MEAN],
+            1000 * (encoder_after - encoder_cpu) / len(queries), stats.search_seconds / elapsed)
 
 
 def _inprocess_level(retriever: Retriever, queries: list[str], callers: int, args: argparse.Namespace
-                     ) -> tuple[float, float, float]:
+                     ) -> tuple[float, float, float, float, float]:
     """The Ray-free BatchingSearcher with ``callers`` coroutines: batching without Ray's per-call cost."""
     from retrieval_service.batching import BatchingSearcher
 
@@ -177,7 +201,8 @@ def _inprocess_level(retriever: Retriever, queries: list[str], callers: int, arg
     qps = len(queries) / (time.perf_counter() - wall)
     cpu_ms = 1000 * (time.process_time() - cpu) / len(queries)
     searcher.close()
-    return qps, cpu_ms, searcher.metrics()[BATCH_SIZE_MEAN]
+    stats = searcher.stats()
+    return qps, cpu_ms, stats.metrics()[BATCH_SIZE_MEAN], float("nan"), stats.search_seconds * qps / len(queries)
 
 
 def _niceness(_: object) -> int:
@@ -201,16 +226,18 @@ def throughput(group: object, retriever: Retriever, pool: list[str], args: argpa
     for r in range(args.rounds):
         chunk = queries[r * args.queries_per_level:(r + 1) * args.queries_per_level]
         base_qps, base_cpu = _one_at_a_time(retriever, chunk[:args.baseline_queries], args.topk)
-        results = [(base_qps, base_cpu, 1.0)]
+        results = [(base_qps, base_cpu, 1.0, base_cpu, 1.0)]
         results += [_actor_level(group, chunk[:lvl.queries], c, args.topk) for c, lvl in zip((1, 8, 64), levels[1:4],
                                                                                             strict=True)]
         results.append(_actor_level(group, chunk, 8, args.topk, per_call=8))  # rollout workers batch their calls
         results.append(_inprocess_level(retriever, chunk, 64, args))
-        for lvl, (qps, cpu_ms, batch) in zip(levels, results, strict=True):
+        for lvl, (qps, cpu_ms, batch, encoder_ms, busy) in zip(levels, results, strict=True):
             lvl.qps.append(qps)
             lvl.cpu_ms.append(cpu_ms)
             lvl.ratio.append(qps / base_qps)
             lvl.batch.append(batch)
+            lvl.encoder_ms.append(encoder_ms)
+            lvl.encoder_busy.append(busy)
     import torch
 
     dtype = getattr(retriever, "encoder", None) and retriever.encoder.dtype  # type: ignore[attr-defined]
@@ -220,13 +247,57 @@ def throughput(group: object, retriever: Retriever, pool: list[str], args: argpa
     print(f"\n== Throughput: MiniLM ({dtype}) + FAISS flat, topk={args.topk}, one query per call, "
           f"median of {args.rounds} interleaved rounds; torch threads {threads[0]} here, {threads[1]} in the "
           f"actor; niceness {nice[0]} here, {nice[1]} in the actor ==")
-    print(f"{'setup':<32}{'queries':>8}{'queries/s':>11}{'vs 1-at-a-time':>16}{'CPU ms/query':>14}{'mean batch':>12}")
+    print(f"{'setup':<32}{'queries':>8}{'queries/s':>11}{'vs 1-at-a-time':>16}{'CPU ms/query':>14}"
+          f"{'mean batch':>12}{'encoder ms/q':>14}{'search busy':>13}")
     for lvl in levels:
         print(f"{lvl.name:<32}{lvl.queries:>8}{np.median(lvl.qps):>11.1f}{np.median(lvl.ratio):>15.2f}x"
-              f"{np.median(lvl.cpu_ms):>14.2f}{np.median(lvl.batch):>12.1f}")
+              f"{np.median(lvl.cpu_ms):>14.2f}{np.median(lvl.batch):>12.1f}"
+              f"{_cell(lvl.encoder_ms, '.2f'):>14}{_cell(lvl.encoder_busy, '.0%'):>13}")
+    print("  encoder ms/q: CPU of the actor's batch thread (encoder + FAISS) per query; search busy: "
+          "share of the wall time spent in searches (the batch thread's critical path)")
     print(f"  per-round speed-up of the actor at 64 callers: {', '.join(f'{x:.2f}x' for x in levels[3].ratio)}; "
           f"one-at-a-time per round: {', '.join(f'{x:.0f}' for x in levels[0].qps)} q/s")
     return float(np.median(levels[3].ratio))
+
+
+def _cell(values: list[float], spec: str) -> str:
+    """Median of a column, or '-' where it was not measured."""
+    return "-" if np.isnan(values).any() else format(float(np.median(values)), spec)
+
+
+_NEIGHBOURS = {
+    "alone": None,
+    "next to a Python loop": "while True: pass",
+    "next to a 24 MB stream": "import numpy as np\na = np.ones(3 << 20)\nwhile True: a.sum()",
+    "next to a 256 MB stream": "import numpy as np\na = np.ones(32 << 20)\nwhile True: a.sum()",
+}
+
+
+def interference(retriever: Retriever, pool: list[str], args: argparse.Namespace) -> None:
+    """Encoder cost per query with another process busy on the other core: how much a
+    neighbour's use of the shared cache and memory bandwidth slows the batch thread."""
+    import torch
+
+    torch.set_num_threads(args.actor_cpus)  # as the actor's batch thread runs
+    queries = random.Random(1).sample(pool, min(len(pool), 256))
+    retriever.search(queries[:32], args.topk)
+    print(f"\n== Encoder cost next to other work (ms per query, wall, {len(queries)} queries) ==")
+    print(f"{'':<26}{'batches of 32':>15}{'one at a time':>15}")
+    for name, code in _NEIGHBOURS.items():
+        neighbour = subprocess.Popen([sys.executable, "-c", code]) if code else None
+        try:
+            time.sleep(0.5 if code else 0.0)
+            cost = []
+            for size, n in ((32, len(queries)), (1, 64)):
+                start = time.perf_counter()
+                for i in range(0, n, size):
+                    retriever.search(queries[i:i + size], args.topk)
+                cost.append(1000 * (time.perf_counter() - start) / n)
+        finally:
+            if neighbour is not None:
+                neighbour.kill()
+                neighbour.wait()
+        print(f"{name:<26}{cost[0]:>15.3f}{cost[1]:>15.3f}")
 
 
 def cache_latency(group: object, pool: list[str], args: argparse.Namespace) -> None:
@@ -381,6 +452,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-ratio", type=float, default=5.0, help="required speed-up at 64 callers")
     for part in ("recall", "throughput", "http"):
         parser.add_argument(f"--skip-{part}", action="store_true")
+    parser.add_argument("--interference", action="store_true",
+                        help="also time the encoder next to a CPU-bound and a memory-bound neighbour process")
     return parser.parse_args(argv)
 
 
@@ -404,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         others = {f"minilm-dense {d}": build_retriever(replace(dense_cfg, encoder_dtype=d), device="cpu")
                   for d in args.dtypes if d not in ("auto", "float32")}
         recall_table({"bm25": bm25, "minilm-dense": dense, **others}, steps)
+    if args.interference:
+        interference(build_retriever(replace(dense_cfg, encoder_dtype=args.dtypes[-1]), device="cpu"), pool, args)
     if not args.skip_throughput:
         ratios = run_actor(dense_cfg, pool, args)
         for dtype, ratio in ratios.items():
