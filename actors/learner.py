@@ -57,15 +57,19 @@ def _rendezvous() -> tuple[str, int, str | None]:
 
 @ray.remote(num_cpus=0, num_returns=2)
 def _build_targets(traj: TrajectoryBatch, rewards: RewardBatch, cfg: LearnerConfig,
-                   group_size: int, n_policy: int, *parts: dict[str, np.ndarray]
+                   group_size: int, n_policy: int, values_only: bool, *parts: dict[str, np.ndarray]
                    ) -> tuple[PPOBatch, dict[str, float]]:
-    """Concatenate the ranks' shards (in rank order) and compute the batch's targets."""
+    """Concatenate the ranks' shards (in rank order) and compute the batch's targets.
+
+    ``values_only``: the parts hold values alone (critic warmup). The policy is then still
+    the reference, so the KL term is zero and is left out; the log-probs are zeros that a
+    critic-only update does not read."""
     policy_parts, critic_parts = parts[:n_policy], parts[n_policy:] or parts[:n_policy]
 
     def cat(key: str, ps: tuple[dict[str, np.ndarray], ...]) -> np.ndarray | None:
         return np.concatenate([p[key] for p in ps]) if all(key in p for p in ps) else None
 
-    old = cat("old_logprobs", policy_parts)
+    old = np.zeros(traj.action_mask.shape, np.float32) if values_only else cat("old_logprobs", policy_parts)
     assert old is not None
     targets = build_ppo_batch(traj, rewards, cfg, old, cat("ref_logprobs", policy_parts),
                               cat("values", critic_parts), group_size)
@@ -118,19 +122,21 @@ class LearnerGroup:
     def all_ranks(self) -> list[Any]:
         return [a for ranks in self.sets for a in ranks]
 
-    def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None
-                ) -> tuple[Any, dict[str, float]]:
+    def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
+                values_only: bool = False) -> tuple[Any, dict[str, float]]:
         """Log-probs, reference log-probs and values on every rank's shard, then the targets.
 
-        Returns the ``PPOBatch`` ObjectRef and the batch-level metrics.
+        ``values_only`` (critic warmup) runs the critic's forward passes alone, on the ranks
+        that hold it. Returns the ``PPOBatch`` ObjectRef and the batch-level metrics.
         """
         if batch_size is None:
             batch_size = len(ray.get(traj_ref))
         W = self.cfg.num_ranks
-        parts = [a.compute.remote(traj_ref, *rank_range(batch_size, r, W))
-                 for ranks in self.sets for r, a in enumerate(ranks)]
+        sets = [self.critic_ranks or self.policy_ranks] if values_only else self.sets
+        parts = [a.compute.remote(traj_ref, *rank_range(batch_size, r, W), values_only)
+                 for ranks in sets for r, a in enumerate(ranks)]
         targets_ref, stats_ref = _build_targets.remote(traj_ref, reward_ref, self.cfg,
-                                                       self.group_size, W, *parts)
+                                                       self.group_size, W, values_only, *parts)
         return targets_ref, ray.get(stats_ref)
 
     def update(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
@@ -138,7 +144,7 @@ class LearnerGroup:
         """One StePPO update on a rollout batch; returns its metrics (``ppo/...`` keys).
 
         ``update_policy=False`` trains the critic alone (critic warmup)."""
-        targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size)
+        targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size, values_only=not update_policy)
         results = ray.get([a.ppo_update.remote(traj_ref, targets_ref, update_policy)
                            for a in self.all_ranks])
         metrics = dict(stats)

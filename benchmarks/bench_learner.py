@@ -3,11 +3,14 @@
 Runs as a script on one machine (CPU here; GPUs work the same): one process, one rank.
 Compares DeepSpeed ZeRO stages, in fp32 and in bf16 (``learner.precision``), against the
 plain-torch engine (fp32) on the same model, batch and PPO loss, and prints the ratios:
-the DeepSpeed overhead on this machine and what bf16 buys.
+the DeepSpeed overhead on this machine and what bf16 buys. ``--critic-warmup`` instead times
+a critic warmup step (forward passes, targets, critic-only update) with and without the
+policy and reference passes (``values_only``), interleaved on one DeepSpeed worker.
 
     python -m benchmarks.bench_learner                     # the tiny policy, short episodes
     python -m benchmarks.bench_learner --model toyworld    # the learning preset's policy and lengths
     python -m benchmarks.bench_learner --model 100m        # a ~100M-parameter Qwen2
+    python -m benchmarks.bench_learner --model toyworld --critic-warmup
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import numpy as np
 import torch
 
 from workers.config import LearnerConfig, TinyModelConfig
-from workers.learner.data import PPOBatch
+from workers.learner.data import PPOBatch, build_ppo_batch
 from workers.learner.worker import LearnerWorker
-from workers.types import GroundTruth, TrajectoryBatch
+from workers.types import GroundTruth, RewardBatch, TrajectoryBatch
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,34 @@ def measure(cfg: LearnerConfig, model_path: str, traj: TrajectoryBatch, targets:
     return tokens / elapsed
 
 
+def critic_warmup(cfg: LearnerConfig, model_path: str, traj: TrajectoryBatch, repeats: int,
+                  port: int) -> None:
+    """Seconds per critic warmup step, all passes vs the critic's alone, alternating."""
+    worker = LearnerWorker(cfg, model_path, roles=("policy", "critic"))
+    worker.init_distributed(0, 1, "127.0.0.1", port)
+    B, T = traj.response_ids.shape
+    token_rewards = np.zeros((B, T), np.float32)
+    token_rewards[:, -1] = np.random.default_rng(1).normal(size=B)
+    zeros = np.zeros(B, np.float32)
+    reward = RewardBatch(token_rewards=token_rewards, format_ok=zeros, answer_f1=zeros, exact_match=zeros,
+                         key_score=zeros, outcome=zeros, num_searches=zeros)
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(repeats + 1):  # the first round warms up both
+        for values_only in (False, True):
+            start = time.perf_counter()
+            out = worker.compute(traj, values_only=values_only)
+            targets = build_ppo_batch(traj, reward, cfg, out.get("old_logprobs", np.zeros((B, T), np.float32)),
+                                      out.get("ref_logprobs"), out["values"])
+            worker.ppo_update(traj, targets, update_policy=False)
+            if i:
+                seconds[values_only].append(time.perf_counter() - start)
+    full, lean = float(np.median(seconds[False])), float(np.median(seconds[True]))
+    print(f"critic warmup step, batch {B} x {traj.prompt_ids.shape[1] + T} tokens, DeepSpeed "
+          f"zero-{cfg.zero_stage} {cfg.precision}, median of {repeats}:")
+    print(f"  policy, reference and critic passes {full:.2f} s; critic passes only {lean:.2f} s; "
+          f"{full / lean:.2f}x faster, {full - lean:.2f} s saved per step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
@@ -107,6 +138,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16", help="DeepSpeed learner.precision values")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
+    parser.add_argument("--critic-warmup", action="store_true",
+                        help="time a critic warmup step with and without the policy/reference passes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -117,6 +150,12 @@ def main() -> None:
                          kl_coef=0.0, actor_lr=1e-6, num_threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(shape, Path(tmp) / "model")
+        if args.critic_warmup:
+            precision = args.precisions.split(",")[-1]
+            critic_warmup(LearnerConfig(**{**base.__dict__, "engine": "deepspeed", "zero_stage": 2,
+                                           "precision": precision, "kl_coef": 0.001}),
+                          path, traj, args.repeats, 29700)
+            return
         torch_cfg = LearnerConfig(**{**base.__dict__, "engine": "torch"})
         rows = [("torch", measure(torch_cfg, path, traj, targets, args.repeats, 0))]
         for stage in (int(s) for s in args.stages.split(",")):

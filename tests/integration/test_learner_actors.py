@@ -16,7 +16,7 @@ import pytest
 
 from tests.unit.test_learner_engine import make_batch, make_tiny_model
 from workers.config import LearnerConfig
-from workers.learner import ppo
+from workers.learner import data, ppo
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +84,18 @@ def test_zero3_separate_critic_checkpoint_round_trip(ray_cluster: dict, tmp_path
     group = LearnerGroup(cfg, model_path, seed=1)
     try:
         assert len(group.critic_ranks) == 2
+        # A critic warmup update runs the critic ranks' forward passes alone and moves the critic
+        # alone. Before any policy step its targets are those of the full passes, bit for bit.
+        full, lean = ray.get([group.prepare(traj_ref, reward_ref, 8, values_only=v)[0] for v in (False, True)])
+        assert full.ref_logprobs is not None and lean.ref_logprobs is None
+        np.testing.assert_array_equal(full.old_logprobs, full.ref_logprobs)
+        np.testing.assert_array_equal(lean.returns, full.returns)
+        np.testing.assert_array_equal(lean.advantages, full.advantages)
+        policy_before, critic_before = group.parameters(0), group.parameters(1, role="critic")
+        warm = group.update(traj_ref, reward_ref, batch_size=8, update_policy=False)
+        np.testing.assert_array_equal(group.parameters(0), policy_before)
+        assert not np.allclose(group.parameters(1, role="critic"), critic_before)
+        assert warm[ppo.VALUE_LOSS] > 0 and ppo.POLICY_LOSS not in warm and data.KL_REF not in warm
         group.update(traj_ref, reward_ref, batch_size=8)
         group.save_checkpoint(str(tmp_path / "ckpt"))
         metrics = group.update(traj_ref, reward_ref, batch_size=8)

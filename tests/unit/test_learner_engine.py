@@ -217,6 +217,26 @@ def test_critic_warmup_update_moves_the_critic_alone(model_path: str) -> None:
     assert not np.allclose(worker.parameters_vector(), policy)
 
 
+def test_values_only_pass_leaves_the_warmup_targets_as_they_were(model_path: str) -> None:
+    """Before any policy update the policy is its reference: the critic warmup skips both
+    passes and drops the (zero) KL term, and gets the same values, returns and advantages."""
+    worker, traj, targets = _critic_worker(model_path)
+    assert targets.ref_logprobs is not None and worker.cfg.kl_coef > 0  # the KL path is live
+    np.testing.assert_array_equal(targets.ref_logprobs, targets.old_logprobs)
+    out = worker.compute(traj, values_only=True)
+    assert set(out) == {"values"}
+    np.testing.assert_array_equal(out["values"], targets.old_values)
+    _, reward = make_batch()
+    lean = build_ppo_batch(traj, reward, worker.cfg, np.zeros_like(targets.old_logprobs), None, out["values"])
+    np.testing.assert_array_equal(lean.returns, targets.returns)
+    np.testing.assert_array_equal(lean.advantages, targets.advantages)
+    # Once the policy has moved, its log-probs differ from the reference's, so the KL term
+    # would count: the values-only pass is for the warmup alone.
+    worker.ppo_update(traj, targets)
+    moved = worker.compute(traj)
+    assert not np.array_equal(moved["old_logprobs"], moved["ref_logprobs"])
+
+
 def test_explained_variance_is_left_out_when_the_returns_do_not_vary() -> None:
     traj, reward = make_batch()
     cfg = tiny_cfg(kl_coef=0.0)

@@ -137,12 +137,14 @@ class LearnerWorker:
         return [idx[i:i + size] for i in range(0, len(idx), size)]
 
     @torch.no_grad()
-    def compute(self, batch: TrajectoryBatch, lo: int | None = None, hi: int | None = None
-                ) -> dict[str, np.ndarray]:
+    def compute(self, batch: TrajectoryBatch, lo: int | None = None, hi: int | None = None,
+                values_only: bool = False) -> dict[str, np.ndarray]:
         """old_logprobs, ref_logprobs and/or values (each (hi-lo, T) float32) of a shard.
 
         Defaults to this rank's contiguous share of the batch. Under ZeRO-3 every rank
         must call this with shards of the same size (the forward passes gather weights).
+        ``values_only`` skips the policy and reference passes (critic warmup, where the
+        policy is still the reference and the update does not read its log-probs).
         """
         if lo is None or hi is None:
             lo, hi = rank_range(len(batch), self.rank, self.world_size)
@@ -151,11 +153,11 @@ class LearnerWorker:
         for chunk in self._micro_chunks(np.arange(lo, hi)):
             inputs, response, _ = self._inputs(batch, chunk)
             pad = (0, T - response.shape[1])  # back to the batch's width
-            if self.policy is not None:
+            if self.policy is not None and not values_only:
                 self.policy.module.eval()
                 logp, _ = mdl.policy_forward(self.policy, inputs, response, temperature=self.temperature)
                 out.setdefault("old_logprobs", []).append(torch.nn.functional.pad(logp, pad))
-            if self.ref is not None:
+            if self.ref is not None and not values_only:
                 ref_logp, _ = mdl.policy_forward(self.ref, inputs, response, temperature=self.temperature)
                 out.setdefault("ref_logprobs", []).append(torch.nn.functional.pad(ref_logp, pad))
             if self.critic is not None:
