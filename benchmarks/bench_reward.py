@@ -11,6 +11,13 @@ step rewards; fails when the scores differ (> 1e-9) or the speed-up is below
 
     python -m benchmarks.bench_reward            # 2,000 trajectories (about half a minute)
     python benchmarks/bench_reward.py --num 200  # a quick look
+    python -m benchmarks.bench_reward --idf-terms 1000000   # also the corpus idf's storage
+
+``--idf-terms N`` also compares, for a corpus vocabulary of N synthetic terms, how
+``CorpusIdf`` holds the document frequencies (sorted term hashes and counts in two arrays,
+which reward replicas read from the object store without a copy) with a term -> count dict
+(which each replica would unpickle into its heap): memory, and the time of one idf lookup of
+a step's vocabulary.
 """
 
 from __future__ import annotations
@@ -89,11 +96,45 @@ def score_all(episodes: list[Episode], cosine_fn: CosineFn) -> tuple[float, floa
     return time.process_time() - cpu, time.perf_counter() - wall, rewards
 
 
+def idf_storage(num_terms: int, seed: int = 0, repeats: int = 500) -> None:
+    import pickle
+    import string
+    import tracemalloc
+
+    from workers.reward.info_gain import CorpusIdf
+
+    rng = random.Random(seed)
+    doc_freq = {"".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 12))): rng.randint(1, 1000)
+                for _ in range(num_terms)}
+    start = time.perf_counter()
+    idf = CorpusIdf.from_counts(2 * num_terms, doc_freq)
+    built = time.perf_counter() - start
+    tracemalloc.start()
+    copy = pickle.loads(pickle.dumps(doc_freq))  # what a replica would hold
+    dict_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    vocab = np.asarray(rng.sample(list(doc_freq), 300) + ["notaterm"] * 20, dtype=object)
+    times = {}
+    for name, lookup in (("arrays", idf.doc_freq),
+                         ("dict", lambda v: np.fromiter((copy.get(t, 0) for t in v), np.int64, len(v)))):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            lookup(vocab)
+        times[name] = (time.perf_counter() - start) / repeats
+    assert np.array_equal(idf.doc_freq(vocab), [copy.get(t, 0) for t in vocab])
+    array_bytes = idf.hashes.nbytes + idf.counts.nbytes
+    print(f"\ncorpus idf of {idf.num_terms:,} terms (built in {built:.2f} s): arrays {array_bytes / 1e6:.0f} MB, "
+          f"dict {dict_bytes / 1e6:.0f} MB per replica ({dict_bytes / array_bytes:.1f}x); lookup of "
+          f"{len(vocab)} terms: arrays {1e3 * times['arrays']:.3f} ms, dict {1e3 * times['dict']:.3f} ms "
+          f"({times['arrays'] / times['dict']:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=2000, help="trajectories to score")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-ratio", type=float, default=20.0, help="required speed-up")
+    parser.add_argument("--idf-terms", type=int, default=0, help="also compare corpus idf storage at this vocabulary")
     args = parser.parse_args(argv)
 
     episodes = make_episodes(args.num, args.seed)
@@ -114,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed ratio (per-document / vectorized, CPU time): {ratio:.1f}x")
     print(f"max |difference| of step rewards: {max_diff:.3e}  (mean step reward {fast.mean():.4f})")
     ok = max_diff <= 1e-9 and ratio >= args.min_ratio
+    if args.idf_terms:
+        idf_storage(args.idf_terms, args.seed)
     print("OK" if ok else f"FAILED: need max diff <= 1e-9 and ratio >= {args.min_ratio}")
     return 0 if ok else 1
 

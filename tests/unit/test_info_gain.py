@@ -205,3 +205,49 @@ def test_corpus_idf_gives_a_wrong_passage_of_the_right_kind_little_gain() -> Non
     assert pair_wrong > 0.4 * pair_right  # the template earns the wrong city much of the gain
     assert corpus_wrong < 0.2 * corpus_right
     assert corpus_right - corpus_wrong > 1.5 * (pair_right - pair_wrong)
+
+
+def test_corpus_idf_counts_each_term_once_per_text_and_round_trips(tmp_path) -> None:
+    texts = [PARIS, ROME, "Paris, Paris and Rome", "nothing here"]
+    counted = CorpusIdf.from_texts(texts)
+    assert counted.num_docs == 4 and counted.num_terms == len({t for text in texts for t in analyze(text)})
+    np.testing.assert_array_equal(counted.doc_freq(["paris", "rome", "is", "here", "london"]), [2, 2, 2, 1, 0])
+    assert counted.idf(["london"])[0] == pytest.approx(idf(4, 0))
+    assert counted.idf(["paris"])[0] == pytest.approx(idf(4, 2))
+    assert CorpusIdf.from_texts([]).doc_freq(["paris"]).tolist() == [0]
+
+    path = tmp_path / "idf.npz"
+    counted.save(path, "sha256:abc")
+    assert CorpusIdf.load(path, "sha256:abc") == counted
+    assert CorpusIdf.load(path, "sha256:other") is None  # another corpus: count again
+    assert CorpusIdf.load(tmp_path / "missing.npz", "sha256:abc") is None
+    path.write_bytes(path.read_bytes()[:40])  # a truncated file is not trusted either
+    assert CorpusIdf.load(path, "sha256:abc") is None
+
+
+def test_corpus_idf_of_an_index_is_kept_next_to_it(tmp_path) -> None:
+    import json
+
+    from actors.reward import IDF_CACHE_FILE, corpus_idf
+    from retrieval_service.index import Manifest
+    from retrieval_service.retriever import build_retriever
+    from workers.config import RetrievalConfig
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "title": f"T{i}", "text": text}) + "\n"
+                              for i, text in enumerate([PARIS, ROME, "Lyon is a city of France"])))
+    cfg = RetrievalConfig(method="bm25", corpus_path=str(corpus), index_dir=str(tmp_path / "index"))
+    build_retriever(cfg)
+    parsed = corpus_idf(RetrievalConfig(corpus_path=str(corpus)))  # no index: parses the JSONL
+    first = corpus_idf(cfg)
+    cache = tmp_path / "index" / IDF_CACHE_FILE
+    assert first == parsed and cache.is_file()
+    # Later runs read the file (a stand-in written there with the same key comes back) ...
+    fingerprint = f"sha256:{Manifest.load(cfg.index_dir).corpus_sha256}"
+    CorpusIdf.from_texts(["stand-in"]).save(cache, fingerprint)
+    assert corpus_idf(cfg) == CorpusIdf.from_texts(["stand-in"])
+    # ... until the index is of another corpus: then they count again and replace it.
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    (tmp_path / "index" / "manifest.json").write_text(json.dumps({**manifest, "corpus_sha256": "0" * 64}))
+    assert corpus_idf(cfg) == parsed
+    assert CorpusIdf.load(cache, "sha256:" + "0" * 64) == parsed

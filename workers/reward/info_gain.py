@@ -22,10 +22,12 @@ from __future__ import annotations
 import logging
 import re
 import string
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -152,7 +154,25 @@ def tfidf_cosines(documents: Sequence[str], gold_documents: Sequence[str]) -> np
     return np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0.0)  # 0 for empty texts
 
 
-@dataclass(frozen=True)
+ANALYZER_VERSION = 1
+"""Bump when ``analyze`` changes: cached corpus document frequencies then no longer match."""
+
+
+def term_hashes(terms: Iterable[str]) -> np.ndarray:
+    """64-bit hashes of terms, the same in every process (``hash`` is salted per process):
+    pandas' keyed SipHash, vectorized; (len(terms),) uint64."""
+    values = terms if isinstance(terms, np.ndarray) else np.asarray(list(terms), dtype=object)
+    if not len(values):
+        return np.zeros(0, dtype=np.uint64)
+    return pd.util.hash_array(values.astype(object, copy=False), categorize=False)
+
+
+def _cache_key(fingerprint: str) -> str:
+    """What a saved ``CorpusIdf`` must match: the corpus, the analyzer and the hash function."""
+    return f"{fingerprint}:analyzer{ANALYZER_VERSION}:hash{int(term_hashes(['stepsearch'])[0])}"
+
+
+@dataclass(frozen=True, eq=False)
 class CorpusIdf:
     """Document frequencies of the ``analyze`` terms over a whole corpus.
 
@@ -163,10 +183,26 @@ class CorpusIdf:
     that many passages share (function words, and the template words of passages of one
     kind) then weigh little, so a passage about the wrong entity of the right kind earns
     little of the gain of the right one. A term the corpus lacks counts as df 0.
+
+    Held as two arrays, sorted 64-bit term hashes and their counts (16 bytes a term), so
+    that reward replicas read one copy from the object store without unpickling a dict of
+    every term. Two terms whose hashes collide (about one pair in a million for ten million
+    terms) share the sum of their counts.
     """
 
     num_docs: int
-    doc_freq: Mapping[str, int]
+    hashes: np.ndarray  # (V,) uint64, sorted, unique
+    counts: np.ndarray  # (V,) int64, aligned with hashes
+
+    @classmethod
+    def from_counts(cls, num_docs: int, doc_freq: Mapping[str, int]) -> CorpusIdf:
+        """From a term -> number of texts holding it mapping."""
+        hashes = term_hashes(doc_freq)
+        counts = np.fromiter(doc_freq.values(), dtype=np.int64, count=len(doc_freq))
+        order = np.argsort(hashes, kind="stable")
+        hashes, counts = hashes[order], counts[order]
+        unique, starts = np.unique(hashes, return_index=True)
+        return cls(num_docs, unique, np.add.reduceat(counts, starts) if len(counts) else counts)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str]) -> CorpusIdf:
@@ -176,12 +212,50 @@ class CorpusIdf:
         for text in texts:
             counts.update(set(analyze(text)))
             num_docs += 1
-        return cls(num_docs, dict(counts))
+        return cls.from_counts(num_docs, counts)
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.hashes)
+
+    def doc_freq(self, terms: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Number of corpus texts holding each term (0 when none does); (len(terms),) int64."""
+        if not self.num_terms:
+            return np.zeros(len(terms), dtype=np.int64)
+        wanted = term_hashes(terms)
+        pos = np.minimum(np.searchsorted(self.hashes, wanted), self.num_terms - 1)
+        return np.where(self.hashes[pos] == wanted, self.counts[pos], 0)
 
     def idf(self, terms: Sequence[str] | np.ndarray) -> np.ndarray:
         """Smooth idf of each term; (len(terms),) float64."""
-        df = np.fromiter((self.doc_freq.get(t, 0) for t in terms), dtype=np.float64, count=len(terms))
-        return np.log((1.0 + self.num_docs) / (1.0 + df)) + 1.0
+        return np.log((1.0 + self.num_docs) / (1.0 + self.doc_freq(terms))) + 1.0
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, CorpusIdf) and self.num_docs == other.num_docs
+                and np.array_equal(self.hashes, other.hashes) and np.array_equal(self.counts, other.counts))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
+
+    def save(self, path: str | Path, fingerprint: str) -> None:
+        """Write to ``path`` (``.npz``) with the fingerprint of what was counted; atomic."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, num_docs=np.int64(self.num_docs), hashes=self.hashes, counts=self.counts,
+                     fingerprint=np.array(_cache_key(fingerprint)))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, fingerprint: str) -> CorpusIdf | None:
+        """What ``save`` wrote with the same fingerprint, analyzer and term hash, else None
+        (missing, stale or unreadable: the caller counts again)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["fingerprint"]) != _cache_key(fingerprint):
+                    return None
+                return cls(int(data["num_docs"]), data["hashes"], data["counts"])
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
 
     def cosines(self, documents: Sequence[str], gold_documents: Sequence[str]) -> np.ndarray:
         """TF-IDF cosines of each document with each gold document under the corpus idf; (R, G).
