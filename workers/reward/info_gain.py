@@ -186,8 +186,8 @@ class CorpusIdf:
 
     Held as two arrays, sorted 64-bit term hashes and their counts (16 bytes a term), so
     that reward replicas read one copy from the object store without unpickling a dict of
-    every term. Two terms whose hashes collide (about one pair in a million for ten million
-    terms) share the sum of their counts.
+    every term. Two terms whose hashes collide would share the sum of their counts; among
+    ten million terms the chance of any collision is about 3 in a million.
     """
 
     num_docs: int
