@@ -15,11 +15,13 @@ import asyncio
 import logging
 import sys
 import time
+import uuid
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError
 
 from retrieval_service.batching import BatchingSearcher, SearchStats, normalize_query
 from retrieval_service.encoders import encoder_threads
@@ -86,57 +88,83 @@ def _replica_of(query: str, num_replicas: int) -> int:
 
 
 class RetrievalGroup:
-    """N ``RetrievalActor`` replicas behind one ``search``; picklable when N > 0."""
+    """N ``RetrievalActor`` replicas behind one ``search``; picklable when N > 0.
+
+    The replicas are named actors, and a pickled group carries their names, not their
+    handles: a handle inside an actor's constructor arguments is an object-store reference
+    that Ray could not restore when it restarts that actor (ray-project/ray#53727), so a
+    rollout actor given ``group.search`` looks the replicas up by name when it first searches.
+    """
 
     def __init__(self, cfg: RetrievalConfig, device: str = "auto", num_replicas: int | None = None,
                  name_prefix: str | None = None) -> None:
         self.num_replicas = cfg.num_replicas if num_replicas is None else num_replicas
         self.default_topk = cfg.topk
+        self.timeout_s = cfg.search_timeout_s
         self._local: Retriever | None = None
         self._actors: list[Any] = []
+        self._names: list[str] = []
+        self._namespace: str | None = None
         if self.num_replicas == 0:
             self._local = build_retriever(cfg, device)
             return
         remote_cls = ray.remote(RetrievalActor)
+        prefix = name_prefix or f"retrieval-{uuid.uuid4().hex[:12]}"
+        self._namespace = ray.get_runtime_context().namespace
         for i in range(self.num_replicas):
             options: dict[str, Any] = {
-                "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "name": f"{prefix}-{i}",
                 "max_restarts": _MAX_RESTARTS, "max_task_retries": _MAX_RESTARTS,
                 "max_concurrency": max(1000, 4 * cfg.max_batch_size)}
-            if name_prefix:
-                options["name"] = f"{name_prefix}-{i}"
+            self._names.append(options["name"])
             self._actors.append(remote_cls.options(**options).remote(cfg, device))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self._names:  # named replicas travel by name (see the class docstring)
+            state["_actors"] = []
+        return state
+
+    def _replicas(self) -> list[Any]:
+        if not self._actors and self._names:
+            self._actors = [ray.get_actor(name, namespace=self._namespace) for name in self._names]
+        return self._actors
 
     @classmethod
     def from_actors(cls, actors: Sequence[Any], default_topk: int = 3) -> RetrievalGroup:
         """A group over existing actor handles (e.g. looked up by name)."""
         group = cls.__new__(cls)
-        group.num_replicas, group.default_topk = len(actors), default_topk
-        group._local, group._actors = None, list(actors)
+        group.num_replicas, group.default_topk, group.timeout_s = len(actors), default_topk, 300.0
+        group._local, group._actors, group._names, group._namespace = None, list(actors), [], None
         return group
 
     @property
     def actors(self) -> list[Any]:
-        return list(self._actors)
+        return list(self._replicas())
 
     def wait_ready(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Block until every replica has loaded its index; return their ``info``."""
         if self._local is not None:
             return [self._local.info()]
-        return ray.get([a.info.remote() for a in self._actors], timeout=timeout)
+        return ray.get([a.info.remote() for a in self._replicas()], timeout=timeout)
 
     def search_refs(self, queries: Sequence[str], topk: int | None = None) -> list[tuple[list[int], Any]]:
         """Submit without waiting: ``(positions in queries, ObjectRef of their results)`` per replica."""
-        assert self._actors, "search_refs needs Ray replicas (num_replicas > 0)"
+        return [(positions, ref) for _, positions, ref in self._submit(queries, topk)]
+
+    def _submit(self, queries: Sequence[str], topk: int | None) -> list[tuple[int, list[int], Any]]:
+        """``(replica index, positions in queries, ObjectRef)`` per replica that got queries."""
+        replicas = self._replicas()
+        assert replicas, "search_refs needs Ray replicas (num_replicas > 0)"
         k = self.default_topk if topk is None else topk
         # Check here so errors name positions in the caller's list; replicas check topk bounds.
         check_search_args(queries, k, sys.maxsize)
-        if len(self._actors) == 1:
-            return [(list(range(len(queries))), self._actors[0].search.remote(list(queries), k))]
+        if len(replicas) == 1:
+            return [(0, list(range(len(queries))), replicas[0].search.remote(list(queries), k))]
         parts: dict[int, list[int]] = {}
         for pos, query in enumerate(queries):
-            parts.setdefault(_replica_of(query, len(self._actors)), []).append(pos)
-        return [(positions, self._actors[r].search.remote([queries[p] for p in positions], k))
+            parts.setdefault(_replica_of(query, len(replicas)), []).append(pos)
+        return [(r, positions, replicas[r].search.remote([queries[p] for p in positions], k))
                 for r, positions in parts.items()]
 
     @staticmethod
@@ -153,9 +181,28 @@ class RetrievalGroup:
             return self._local.search(queries, self.default_topk if topk is None else topk)
         if not queries:
             return []
-        refs = self.search_refs(queries, topk)
-        results = ray.get([ref for _, ref in refs])
-        return self._assemble(len(queries), [(pos, res) for (pos, _), res in zip(refs, results, strict=True)])
+        for attempt in (1, 2):
+            sent = self._submit(queries, topk)
+            try:
+                results = ray.get([ref for _, _, ref in sent], timeout=self.timeout_s)
+                parts = [(pos, res) for (_, pos, _), res in zip(sent, results, strict=True)]
+                return self._assemble(len(queries), parts)
+            except GetTimeoutError:
+                if attempt == 2:
+                    raise
+                self._restart_stuck(sent)
+        raise AssertionError("unreachable")
+
+    def _restart_stuck(self, sent: list[tuple[int, list[int], Any]]) -> None:
+        """Kill the replicas whose search did not return in time; Ray restarts them and the
+        caller sends the search again (a search has no side effects)."""
+        done, _ = ray.wait([ref for _, _, ref in sent], num_returns=len(sent), timeout=0)
+        stuck = [r for r, _, ref in sent if ref not in done]
+        logger.warning("retrieval: replica(s) %s gave no answer within retrieval.search_timeout_s=%g s; "
+                       "restarting them", stuck, self.timeout_s)
+        replicas = self._replicas()
+        for r in stuck:
+            ray.kill(replicas[r], no_restart=False)
 
     async def search_async(self, queries: Sequence[str], topk: int | None = None) -> list[list[Document]]:
         """``search`` for asyncio callers (awaits the ObjectRefs instead of blocking)."""
@@ -169,20 +216,20 @@ class RetrievalGroup:
         """Counters of all replicas merged."""
         if self._local is not None:
             return SearchStats()
-        return SearchStats.merge(ray.get([a.stats.remote() for a in self._actors]))
+        return SearchStats.merge(ray.get([a.stats.remote() for a in self._replicas()]))
 
     def metrics(self) -> dict[str, float]:
         """``retrieval/...`` metrics over all replicas (counters summed, latency samples pooled)."""
         return self.stats().metrics()
 
     def clear_cache(self) -> None:
-        ray.get([a.clear_cache.remote() for a in self._actors])
+        ray.get([a.clear_cache.remote() for a in self._replicas()])
 
     def reset_stats(self) -> None:
-        ray.get([a.reset_stats.remote() for a in self._actors])
+        ray.get([a.reset_stats.remote() for a in self._replicas()])
 
     def shutdown(self) -> None:
         """Kill the replicas (only the group that created them should call this)."""
         for actor in self._actors:
             ray.kill(actor)
-        self._actors = []
+        self._actors, self._names = [], []

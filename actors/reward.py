@@ -29,9 +29,28 @@ DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 1, "max_restarts": 1, "max_
 """Reward workers are stateless, so a crashed replica can restart and redo its shard."""
 
 
+class RewardActor:
+    """A ``RewardWorker`` whose corpus idf arrives with each call, not with the constructor.
+
+    An ObjectRef among an actor's constructor arguments is one Ray could not restore when
+    it restarts the actor (ray-project/ray#53727); as a call argument, Ray resolves it on
+    every call (zero-copy from the object store) and a restarted replica simply gets it again.
+    """
+
+    def __init__(self, cfg: RewardConfig) -> None:
+        self.cfg = cfg
+        self._worker: RewardWorker | None = None
+
+    def score_shard(self, batch: TrajectoryBatch, shard: int, num_shards: int,
+                    idf: CorpusIdf | None = None) -> RewardBatch:
+        if self._worker is None:
+            self._worker = RewardWorker(self.cfg, idf)
+        return self._worker.score_shard(batch, shard, num_shards)
+
+
 def make_reward_actor(**options: Any) -> ActorClass:
-    """``RewardActor``: ``ray.remote(**options)(RewardWorker)``, built at launch time."""
-    return ray.remote(**{**DEFAULT_ACTOR_OPTIONS, **options})(RewardWorker)
+    """``RewardActor`` wrapped with ``ray.remote(**options)``, built at launch time."""
+    return ray.remote(**{**DEFAULT_ACTOR_OPTIONS, **options})(RewardActor)
 
 
 def _concat(*parts: RewardBatch) -> RewardBatch:
@@ -91,15 +110,25 @@ class RewardGroup:
         self._local: RewardWorker | None = None
         self._actors: list[ActorHandle] = []
         self._concat = ray.remote(num_cpus=0)(_concat)
+        self._idf_ref: ray.ObjectRef | None = None
+        self._actor_cls: ActorClass | None = None
         if cfg.num_workers == 0:
             self._local = RewardWorker(cfg, idf)
         else:
-            actor_cls = make_reward_actor(**dict(actor_options or {}))
-            # In the object store once, and kept referenced while the replicas may restart.
+            self._actor_cls = make_reward_actor(**dict(actor_options or {}))
+            # In the object store once, referenced here for the group's life, given with each call.
             self._idf_ref = None if idf is None else ray.put(idf)
-            self._actors = [cast(ActorHandle, actor_cls.remote(cfg, self._idf_ref))
-                            for _ in range(cfg.num_workers)]
+            self._actors = [cast(ActorHandle, self._actor_cls.remote(cfg)) for _ in range(cfg.num_workers)]
         logger.info("reward group %r: %d actor(s)", cfg.name, len(self._actors))
+
+    def restart(self) -> None:
+        """Replace every reward actor by a fresh one (a hung replica does not come back by itself;
+        scoring is stateless, so nothing is lost)."""
+        if self._actor_cls is None:
+            return
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = [cast(ActorHandle, self._actor_cls.remote(self.cfg)) for _ in range(self.cfg.num_workers)]
 
     @property
     def num_workers(self) -> int:
@@ -119,7 +148,7 @@ class RewardGroup:
         if not isinstance(batch, ray.ObjectRef):
             batch = ray.put(batch)  # once, so the replicas share one copy
         count = len(self._actors)
-        shards = [actor.score_shard.remote(batch, k, count) for k, actor in enumerate(self._actors)]
+        shards = [actor.score_shard.remote(batch, k, count, self._idf_ref) for k, actor in enumerate(self._actors)]
         return shards[0] if count == 1 else self._concat.remote(*shards)
 
     def score(self, batch: ray.ObjectRef | TrajectoryBatch) -> RewardBatch:

