@@ -124,11 +124,37 @@ def entrypoint(python: str, overrides: Sequence[str]) -> str:
     return shlex.join([python, "-m", "launch.train", *overrides])
 
 
+STOP_WAIT_S = "600"
+"""How long ``--stop`` lets the job finish its step and write a checkpoint before Ray kills it
+(``RAY_JOB_STOP_WAIT_TIME_S``, which the job's supervisor reads; Ray's default is 3 s)."""
+
+
 def runtime_env(working_dir: Path, env: Sequence[str]) -> dict[str, Any]:
     """The job's runtime_env: the checkout as ``working_dir`` and any ``--env`` variables."""
     out: dict[str, Any] = {"working_dir": str(working_dir), "excludes": list(EXCLUDES)}
-    if env:
-        out["env_vars"] = dict(item.split("=", 1) for item in env)
+    env_vars = dict(item.split("=", 1) for item in env)
+    env_vars.setdefault("RAY_JOB_STOP_WAIT_TIME_S", STOP_WAIT_S)
+    out["env_vars"] = env_vars
+    return out
+
+
+def with_run_dir(overrides: Sequence[str], root: Path) -> list[str]:
+    """``overrides`` with an absolute ``trainer.run_dir``: the job runs in a temporary copy of
+    the checkout, so a relative run directory would be deleted with the job.
+
+    >>> with_run_dir(["seed=1", "trainer.run_dir=runs/a"], Path("/work"))
+    ['seed=1', 'trainer.run_dir=/work/runs/a']
+    """
+    out, given = [], False
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "trainer.run_dir" and value:
+            given = True
+            if not Path(value).is_absolute():
+                item = f"{key}={root / value}"
+        out.append(item)
+    if not given:
+        out.append(f"trainer.run_dir={root / 'runs' / time.strftime('%Y%m%d-%H%M%S')}")
     return out
 
 
@@ -138,7 +164,10 @@ def submit(client: Any, args: argparse.Namespace) -> str:
     if not (working_dir / "launch" / "train.py").is_file():
         raise SubmitError(f"{working_dir} is not the project checkout (no launch/train.py): run from the "
                           f"checkout or pass --working-dir")
-    command = entrypoint(args.python, args.overrides)
+    overrides = with_run_dir(args.overrides, Path.cwd().resolve())
+    run_dir = next(o for o in overrides if o.startswith("trainer.run_dir=")).split("=", 1)[1]
+    print(f"run directory (on the node that runs the job's driver): {run_dir}", flush=True)
+    command = entrypoint(args.python, overrides)
     job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(working_dir, args.env),
                                submission_id=args.submission_id)
     print(f"submitted {job_id}: {command}", flush=True)

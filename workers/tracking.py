@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +69,35 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def truncate_metrics(path: str | Path, last_step: int) -> int:
+    """Rewrite ``metrics.jsonl`` for a run resumed at ``last_step``: one record per step, none
+    after it (steps logged after the checkpoint are redone). Returns the records dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [r for r in read_metrics(path) if int(r["step"]) <= last_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(path)
+    return len(lines) - len(kept)
+
+
 def plot_metrics(records: Sequence[Mapping[str, float]], groups: Mapping[str, Sequence[str]],
-                 out: str | Path) -> Path:
-    """One PNG with a panel per group of metric keys, over steps."""
+                 out: str | Path, first_panel: Callable[[Any, Sequence[Mapping[str, float]]], None] | None = None
+                 ) -> Path:
+    """One PNG with a panel per group of metric keys, over steps; ``first_panel(ax, records)``
+    draws an extra panel on top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 3 * len(groups)), squeeze=False)
-    for ax, (title, keys) in zip(axes[:, 0], groups.items(), strict=True):
+    extra = 1 if first_panel is not None else 0
+    fig, axes = plt.subplots(len(groups) + extra, 1, figsize=(8, 3 * (len(groups) + extra)), squeeze=False)
+    if first_panel is not None:
+        first_panel(axes[0, 0], records)
+    for ax, (title, keys) in zip(axes[extra:, 0], groups.items(), strict=True):
         for key in keys:
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
