@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.learner import LearnerGroup
 from actors.retrieval import RetrievalGroup
@@ -28,6 +28,7 @@ from workers.data.loader import PromptSampler
 from workers.data.rows import QARow, read_rows
 from workers.evaluation import evaluate_trajectories
 from workers.reward import reward_metrics
+from workers.run_identity import IDENTITY_KEY, read_state, run_identity
 from workers.tracking import begin_checkpoint, commit_checkpoint, latest_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ TIME_DRIVER = "time/driver_overhead_s"
 
 class LearnerFailure(RuntimeError):
     """A learner rank died: the step cannot finish; resume from the last checkpoint."""
+
+
+class PhaseTimeout(RuntimeError):
+    """A phase of the step waited longer than its ``trainer.*_timeout_s``."""
 
 
 @ray.remote(num_cpus=0)
@@ -122,20 +127,20 @@ class StePPOTrainer:
         if rollout is not None:  # it may hold another run's weights
             self.sync_weights()
 
-    def resume(self) -> Path | None:
-        """Continue from ``trainer.resume`` (auto: the newest complete checkpoint of the run)."""
+    def resume(self, path: Path | None = None) -> Path | None:
+        """Continue from the checkpoint ``path`` (default: what ``trainer.resume`` names;
+        auto: the newest complete checkpoint of the run)."""
         mode = self.cfg.trainer.resume
-        if mode == "never":
+        if path is None and mode == "never":
             return None
-        path = latest_checkpoint(self.run_dir) if mode == "auto" else Path(mode)
         if path is None:
-            logger.info("no complete checkpoint in %s: starting from step 0", self.run_dir)
+            path = latest_checkpoint(self.run_dir) if mode == "auto" else Path(mode)
+        if path is None:
+            logger.warning("no complete checkpoint in %s: starting from step 0", self.run_dir)
             return None
         if not (path / "trainer_state.json").exists():
             raise ConfigError("trainer.resume", f"{path} is not a complete checkpoint")
-        import json
-
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = read_state(path)
         assert self.learner is not None
         self.learner.load_checkpoint(str(path / "learner"))
         self.step = int(state["step"])
@@ -154,10 +159,22 @@ class StePPOTrainer:
         return ref
 
     def score(self, traj_ref: Any) -> tuple[Any, dict[str, float]]:
-        """Token rewards (ObjectRef) and their batch summary."""
+        """Token rewards (ObjectRef) and their batch summary. Reward actors that do not answer
+        within ``trainer.reward_timeout_s`` are replaced and the batch is scored once more."""
         assert self.reward is not None
-        reward_ref = self.reward.score_ref(traj_ref)
-        return reward_ref, ray.get(_reward_summary.remote(reward_ref))
+        timeout = self.cfg.trainer.reward_timeout_s
+        for attempt in (1, 2):
+            reward_ref = self.reward.score_ref(traj_ref)
+            try:
+                return reward_ref, ray.get(_reward_summary.remote(reward_ref), timeout=timeout)
+            except GetTimeoutError as exc:
+                if attempt == 2:
+                    raise PhaseTimeout(f"reward: the reward actors did not score step {self.step + 1}'s batch "
+                                       f"within trainer.reward_timeout_s={timeout:g} s, twice") from exc
+                logger.warning("reward: no answer within %g s; replacing the reward actors and scoring again",
+                               timeout)
+                self.reward.restart()
+        raise AssertionError("unreachable")
 
     def update(self, traj_ref: Any, reward_ref: Any, batch_size: int, update_policy: bool = True
                ) -> dict[str, float]:
@@ -234,6 +251,7 @@ class StePPOTrainer:
         self.learner.save_checkpoint(str(staging / "learner"))
         return commit_checkpoint(staging, {"step": self.step, "sampler": self.sampler.state_dict(),
                                            "seed": self.cfg.seed, "model_path": self.model_path,
+                                           IDENTITY_KEY: run_identity(self.cfg, self.model_path),
                                            "config": asdict(self.cfg)})
 
     def shutdown(self) -> None:

@@ -173,7 +173,7 @@ def ray_runner(cfg: Config, model_path: str, batch_size: int) -> Runner:
     from actors.retrieval import RetrievalGroup
     from actors.rollout import RolloutGroup
 
-    init_ray(cfg.cluster)
+    init_ray(cfg.cluster, quiet=not cfg.trainer.verbose)
     rcfg = retrieval_config(cfg)
     retrieval = RetrievalGroup(rcfg, cfg.device)
     retrieval.wait_ready()

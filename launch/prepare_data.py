@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from launch.cli import run_tool
@@ -22,6 +23,7 @@ from workers.data.corpus import write_corpus_jsonl
 from workers.data.hotpotqa import convert_hotpotqa
 from workers.data.musique import Converted, convert_musique
 from workers.data.problems import DataError, ProblemLog
+from workers.data.prompt import INSTRUCTIONS, build_prompt
 from workers.data.rows import SPLITS, write_rows
 from workers.data.sources import iter_json_records
 from workers.data.toyworld import generate
@@ -52,6 +54,9 @@ def convert(cfg: DataConfig) -> Converted:
 def prepare(cfg: DataConfig) -> dict:
     """Convert and write the dataset; return the summary that is also written to disk."""
     out = convert(cfg)
+    if cfg.instruction != "search":
+        template = INSTRUCTIONS[cfg.instruction]
+        out.rows = [replace(r, prompt=tuple(build_prompt(r.question, template))) for r in out.rows]
     if not out.rows:
         raise DataError(f"no usable rows in {cfg.input_path or cfg.name} "
                         f"({len(out.problems)} dropped; first: {out.problems.problems[:1]})")

@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from workers.evaluation import EVAL_EM, EVAL_F1, EVAL_GOLD_HIT, EVAL_REDUNDANCY, EVAL_SEARCHES
 from workers.tracking import plot_metrics, read_metrics
 
 STEP_LINE = (
@@ -48,6 +49,15 @@ def step_line(step: int, total: int, metrics: Mapping[str, float], label: str = 
     return " | ".join(parts)
 
 
+def eval_line(label: str, metrics: Mapping[str, float], seconds: float | None = None) -> str:
+    """``start | validation EM 0.047 | F1 0.078 | searches 2.39 | gold-hit 0.458 | 64 questions, 21.3 s``."""
+    parts = [label, f"validation EM {metrics.get(EVAL_EM, 0.0):.3f}", f"F1 {metrics.get(EVAL_F1, 0.0):.3f}",
+             f"searches {metrics.get(EVAL_SEARCHES, 0.0):.2f}", f"gold-hit {metrics.get(EVAL_GOLD_HIT, 0.0):.3f}"]
+    tail = f"{int(metrics.get('eval/count', 0))} questions"
+    parts.append(tail if seconds is None else f"{tail}, {seconds:.1f} s")
+    return " | ".join(parts)
+
+
 def print_step(step: int, total: int, metrics: Mapping[str, float], bar: tqdm | None = None,
                label: str = "step") -> None:
     line = step_line(step, total, metrics, label)
@@ -78,24 +88,102 @@ SFT_PLOT_GROUPS = {
 """The panels of a ``launch.sft`` run."""
 
 
-def write_plots(run_dir: Path, groups: Mapping[str, tuple[str, ...]] = PLOT_GROUPS) -> list[Path]:
-    """``run_dir/plots.png`` from ``metrics.jsonl`` (nothing when there are no metrics)."""
+def write_plots(run_dir: Path, groups: Mapping[str, tuple[str, ...]] = PLOT_GROUPS,
+                learning_panel: bool = True) -> list[Path]:
+    """``run_dir/plots.png`` from ``metrics.jsonl`` (nothing when there are no metrics).
+
+    ``learning_panel``: the first panel is the training reward per step with its running
+    mean, and validation EM with the start (step 0) and end evaluations marked.
+    """
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
     records = read_metrics(path)
-    return [plot_metrics(records, groups, run_dir / "plots.png")] if records else []
+    if not records:
+        return []
+    out = plot_metrics(records, groups, run_dir / "plots.png",
+                       first_panel=_learning_panel if learning_panel else None)
+    return [out]
+
+
+def _learning_panel(ax: Any, records: Sequence[Mapping[str, float]]) -> None:
+    steps = [(int(r["step"]), r["reward/outcome"]) for r in records if "reward/outcome" in r and r["step"] > 0]
+    if steps:
+        xs, ys = zip(*steps, strict=True)
+        ax.plot(xs, ys, color="tab:blue", alpha=0.35, marker="o", markersize=2, label="training reward")
+        window = max(1, len(ys) // 5)
+        mean = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1])
+                for i in range(len(ys))]
+        ax.plot(xs, mean, color="tab:blue", linewidth=2.5, label=f"training reward, mean of {window}")
+    ax.set_ylabel("reward")
+    evals = [(int(r["step"]), r[EVAL_EM]) for r in records if EVAL_EM in r]
+    if evals:
+        ax2 = ax.twinx()
+        xs, ys = zip(*evals, strict=True)
+        ax2.plot(xs, ys, color="tab:red", marker="s", linestyle="--", label="validation EM")
+        for x, y, what in ((xs[0], ys[0], "start"), (xs[-1], ys[-1], "end")):
+            ax2.annotate(f"{what}: EM {y:.3f}", (x, y), textcoords="offset points", xytext=(0, 8),
+                         ha="center", fontsize=8, color="tab:red")
+        ax2.set_ylabel("validation EM", color="tab:red")
+        ax2.legend(loc="lower right", fontsize=8)
+    ax.set_title("StePPO: training reward and validation EM (start and end marked)")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+
+
+START_END = (("EM", EVAL_EM), ("F1", EVAL_F1), ("searches / question", EVAL_SEARCHES),
+             ("searches hitting gold", EVAL_GOLD_HIT), ("redundancy", EVAL_REDUNDANCY))
+"""Validation metrics of the closing table, start -> end."""
+REWARD_ROWS = (("reward", "reward/outcome"), ("answer F1", "reward/answer_f1"),
+               ("search-key score", "reward/key_score"), ("information gain", "reward/info_gain"),
+               ("redundancy penalty", "reward/redundancy"), ("searches", "reward/num_searches"))
+"""Training reward components of the closing table: the first steps' mean -> the last steps'."""
+
+
+def start_end_rows(summary: Mapping[str, Any], records: Sequence[Mapping[str, float]]) -> list[tuple[str, ...]]:
+    """Rows ``(what, start, end, change)``: validation before step 1 and at the end, and the
+    training reward components averaged over the first and the last few steps."""
+    start, end = summary.get("eval_start") or {}, summary.get("eval") or {}
+    rows = [(f"validation {name}", f"{start[k]:.3f}", f"{end[k]:.3f}", f"{end[k] - start[k]:+.3f}")
+            for name, k in START_END if k in start and k in end]
+    steps = [r for r in records if r.get("step", 0) > 0 and "reward/outcome" in r]
+    if steps:
+        n = max(1, min(3, len(steps) // 2))
+        for name, k in REWARD_ROWS:
+            a, b = _mean(steps[:n], k), _mean(steps[-n:], k)
+            if a is not None and b is not None:
+                rows.append((f"train {name} (steps {n} first / last)", f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"))
+    return rows
+
+
+def _mean(records: Sequence[Mapping[str, float]], key: str) -> float | None:
+    values = [r[key] for r in records if key in r]
+    return sum(values) / len(values) if values else None
+
+
+def verdict(summary: Mapping[str, Any]) -> str:
+    """One plain sentence on whether validation EM moved from the start."""
+    start, end = summary.get("eval_start") or {}, summary.get("eval") or {}
+    if EVAL_EM not in start or EVAL_EM not in end:
+        return "No start and end validation to compare (trainer.eval_start=false or no validation rows)."
+    a, b, n = start[EVAL_EM], end[EVAL_EM], int(end.get("eval/count", 0))
+    steps, count = summary.get("steps", 0), f" on {n} validation questions" if n else ""
+    if b > a:
+        return f"StePPO raised validation EM from {a:.3f} to {b:.3f} (+{b - a:.3f}){count} in {steps} steps."
+    if b == a:
+        return f"Validation EM stayed at {a:.3f}{count} after {steps} steps."
+    return f"Validation EM fell from {a:.3f} to {b:.3f} ({b - a:+.3f}){count} in {steps} steps."
 
 
 def print_results(summary: Mapping[str, Any], run_dir: Path) -> None:
-    """The end-of-run table: first and last step, final validation, where things are."""
+    """The end-of-run table: start -> end, a verdict, where things are."""
     path = run_dir / "metrics.jsonl"
     records = read_metrics(path) if path.exists() else []
-    keys = [k for _, k, _ in STEP_LINE] + ["eval/em", "eval/f1", "eval/cover_em", "eval/searches", "time/step_s"]
-    if records:
-        first, last = records[0], records[-1]
-        rows = [(k, first.get(k, "-"), last.get(k, "-")) for k in keys if k in first or k in last]
-        print(table(rows, ("metric", f"step {int(first['step'])}", f"step {int(last['step'])}")))
+    rows = start_end_rows(summary, records)
+    if rows:
+        print(table(rows, ("metric", "start", "end", "change")))
+    print(verdict(summary))
     print(f"run directory: {run_dir}")
     print(f"checkpoint:    {summary.get('checkpoint')}")
     for plot in summary.get("plots", []):

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The quick start: a short StePPO training run on the tiny CPU preset (toyworld, tiny policy).
+# The quick start: a short StePPO run on the tiny CPU preset (toyworld, tiny policy), from a
+# supervised warm start, with validation EM measured before step 1 and at the end.
 #
 #   bash launch/run_tiny.sh [hydra overrides...]
 #
 # Uses the virtual environment made by launch/setup_env.sh (VENV, default .venv). The first
-# run generates data/toyworld and builds the tiny policy (cached under ~/.cache/stepsearch).
+# run generates data/quickstart, builds the tiny policy and its SFT warm start (both cached
+# under ~/.cache/stepsearch/models); later runs reuse them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

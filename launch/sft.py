@@ -122,19 +122,23 @@ def _batches(gold: list[Any], cfg: Config, epoch: int) -> list[list[Any]]:
 
 
 def run_sft(cfg: Config, run_dir: Path, retrieval: RetrievalGroup | None = None,
-            rollout: RolloutGroup | None = None) -> dict[str, Any]:
+            rollout: RolloutGroup | None = None, *, model_path: str | None = None,
+            evaluate: bool = True) -> dict[str, Any]:
     """The whole warm start; returns the summary also written to ``run_dir/summary.json``.
 
     ``retrieval``/``rollout``: running groups to reuse (left running at the end).
+    ``model_path``: the policy to start from (default: ``model`` resolved as usual).
+    ``evaluate=False``: no validation rollouts (the caller evaluates the result itself).
     """
     from workers.rollout.worker import concat_trajectories
 
-    cfg, model_path = _prepare_inputs(cfg)
-    init_ray(cfg.cluster, logging_level="WARNING")
+    cfg, resolved = _prepare_inputs(cfg)
+    model_path = model_path or resolved
+    init_ray(cfg.cluster, quiet=not cfg.trainer.verbose)
     data_dir = Path(cfg.data.output_dir)
     rows = read_rows(data_dir / f"train.{cfg.data.format}")[: cfg.sft.max_rows]
     val_path = data_dir / f"validation.{cfg.data.format}"
-    val_rows = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() else []
+    val_rows = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() and evaluate else []
     check_renaming(cfg, rows)
     shared = [g for g in (retrieval, rollout) if g is not None]
     if retrieval is None:
@@ -200,9 +204,7 @@ def run_sft(cfg: Config, run_dir: Path, retrieval: RetrievalGroup | None = None,
     summary = {"run_dir": str(run_dir), "steps": step, "wall_s": time.perf_counter() - started,
                "policy": str(checkpoint / "learner" / "hf") if checkpoint else None, "eval": final_eval}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_plots(run_dir, SFT_PLOT_GROUPS)
-    print(f"SFT done: {step} steps in {summary['wall_s']:.0f} s; validation {json.dumps(final_eval)}")
-    print(f"policy: {summary['policy']}\nnext:   python -m launch.train model.path={summary['policy']}")
+    write_plots(run_dir, SFT_PLOT_GROUPS, learning_panel=False)
     return summary
 
 
@@ -225,6 +227,9 @@ def main(dcfg: DictConfig) -> float:
     try:
         cfg = to_config(dcfg)
         summary = run_sft(cfg, Path(HydraConfig.get().runtime.output_dir))
+        print(f"SFT done: {summary['steps']} steps in {summary['wall_s']:.0f} s; "
+              f"validation {json.dumps(summary['eval'])}")
+        print(f"policy: {summary['policy']}\nnext:   python -m launch.train model.path={summary['policy']}")
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,11 +31,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from actors.cluster import init_ray
+from actors.retrieval import RetrievalGroup
 from actors.trainer import LearnerFailure, StePPOTrainer, check_fits
 from launch.config import CONFIG_DIR, register_configs, to_config
-from launch.report import print_results, print_step, progress_bar, write_plots
+from launch.report import eval_line, print_results, print_step, progress_bar, write_plots
 from workers.config import Config, ConfigError
-from workers.tracking import MetricsLogger
+from workers.run_identity import read_state, reconcile
+from workers.tracking import MetricsLogger, latest_checkpoint, read_metrics, truncate_metrics
 
 logger = logging.getLogger("launch.train")
 
@@ -53,60 +59,182 @@ def _prepare_inputs(cfg: Config) -> tuple[Config, str]:
     return cfg, resolve_policy_path(cfg.model, data_dir, cfg.data.format)
 
 
-def warm_up_critic(trainer: StePPOTrainer, tracker: MetricsLogger) -> None:
-    """Run ``trainer.critic_warmup_steps`` (fresh runs only), a line per step; the last
-    step's ``ppo/`` metrics go to the log at step 0 as ``critic_warmup/...``."""
+def warm_up_critic(trainer: StePPOTrainer, tracker: MetricsLogger | None = None) -> dict[str, float]:
+    """Run ``trainer.critic_warmup_steps`` (fresh runs only), a line per step; returns the
+    last step's ``ppo/`` metrics as ``critic_warmup/...`` for the step-0 record (also
+    logged to ``tracker`` at step 0 when one is given)."""
     total = trainer.cfg.trainer.critic_warmup_steps
     records = trainer.warmup_critic(lambda i, m: print_step(i, total, m, label="critic warmup"))
-    if records:
-        last = {f"critic_warmup/{k.split('/', 1)[1]}": v for k, v in records[-1].items() if k.startswith("ppo/")}
-        tracker.log(0, {**last, "critic_warmup/steps": float(len(records))})
+    if not records:
+        return {}
+    last = {f"critic_warmup/{k.split('/', 1)[1]}": v for k, v in records[-1].items() if k.startswith("ppo/")}
+    out = {**last, "critic_warmup/steps": float(len(records))}
+    if tracker is not None:
+        tracker.log(0, out)
+    return out
 
 
-def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """The whole job; returns the summary also written to ``run_dir/summary.json``."""
-    check_fits(cfg, init_ray(cfg.cluster, logging_level="WARNING"))  # before any data or actor work
+def start_policy(cfg: Config, model_path: str) -> tuple[str, RetrievalGroup | None]:
+    """The policy StePPO starts from: ``model.path``, the tiny policy, or its cached SFT
+    warm start (``model.warm_start=sft``); with a warm start, the retrieval group that
+    built it, for the trainer to reuse."""
+    if cfg.model.path or cfg.model.warm_start == "none":
+        return model_path, None
+    from launch.warm_start import ensure_warm_start
+
+    retrieval = RetrievalGroup(cfg.retrieval, device=cfg.device)
+    retrieval.wait_ready()
+    try:
+        return str(ensure_warm_start(cfg, model_path, retrieval)), retrieval
+    except BaseException:
+        retrieval.shutdown()
+        raise
+
+
+def evaluate_start(trainer: StePPOTrainer, run_dir: Path) -> dict[str, float]:
+    """Validation of the starting policy (step 0); on a resumed run, read back from the log."""
+    if trainer.step == 0:
+        return trainer.evaluate() if trainer.cfg.trainer.eval_start else {}
+    path = run_dir / "metrics.jsonl"
+    first = next((r for r in read_metrics(path) if r.get("step") == 0), {}) if path.exists() else {}
+    return {k: v for k, v in first.items() if k.startswith("eval/")}
+
+
+def resume_point(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Path | None]:
+    """The checkpoint ``trainer.resume`` names, and ``cfg`` reconciled with it (the
+    checkpoint's run-defining settings where the command line gives none; a conflicting
+    one is a ``ConfigError``). Runs before any actor starts."""
+    mode = cfg.trainer.resume
+    if mode == "never":
+        return cfg, None
+    path = latest_checkpoint(run_dir) if mode == "auto" else Path(mode)
+    if path is None:
+        print(f"warning: trainer.resume=auto: no complete checkpoint in {run_dir}; starting from step 0",
+              file=sys.stderr)
+        return cfg, None
+    if not (path / "trainer_state.json").exists():
+        raise ConfigError("trainer.resume", f"{path} is not a complete checkpoint")
+    return reconcile(cfg, read_state(path), path, overrides), path
+
+
+class StopRequest:
+    """SIGTERM or Ctrl-C (``launch.submit --stop`` sends SIGTERM): the step in progress
+    finishes, a checkpoint is written, the resume command is printed and the job exits 0.
+    Before the loop, or at a second signal, it stops at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_loop = False
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested or not self.in_loop:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.requested = True
+        print(f"{signal.Signals(signum).name}: finishing this step, then a checkpoint "
+              "(signal again to stop at once)", file=sys.stderr, flush=True)
+
+
+def run_steps(trainer: StePPOTrainer, tracker: MetricsLogger, stop: StopRequest) -> tuple[Path | None, dict]:
+    """The step loop: train, evaluate every k steps and at the end, checkpoint every k steps,
+    at the end and when a stop is requested. Returns the last checkpoint and evaluation."""
+    cfg = trainer.cfg.trainer
+    checkpoint, final_eval = None, {}
+    bar = progress_bar(cfg.total_steps, initial=trainer.step)
+    stop.in_loop = True
+    while trainer.step < cfg.total_steps and not stop.requested:
+        metrics = trainer.train_step()
+        last = trainer.step == cfg.total_steps
+        if (cfg.eval_every and trainer.step % cfg.eval_every == 0) or last:
+            final_eval = trainer.evaluate()
+            metrics.update(final_eval)
+        tracker.log(trainer.step, metrics)
+        print_step(trainer.step, cfg.total_steps, metrics, bar)
+        if (cfg.save_every and trainer.step % cfg.save_every == 0) or last or stop.requested:
+            checkpoint = trainer.checkpoint()
+        bar.update(1)
+    bar.close()
+    stop.in_loop = False
+    return checkpoint, final_eval
+
+
+def begin(trainer: StePPOTrainer, tracker: MetricsLogger, run_dir: Path, resume_from: Path | None) -> dict:
+    """Resume (when asked), evaluate the starting policy, warm up the critic; log step 0."""
+    if resume_from is not None:
+        trainer.resume(resume_from)
+        truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
+    tick = time.perf_counter()
+    eval_start = evaluate_start(trainer, run_dir)
+    if trainer.step == 0 and eval_start:
+        print(eval_line("start (step 0)", eval_start, time.perf_counter() - tick))
+    step0 = {**eval_start, **warm_up_critic(trainer)} if trainer.step == 0 else {}
+    if step0:
+        tracker.log(0, step0)
+    return eval_start
+
+
+def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole job; returns the summary also written to ``run_dir/summary.json``.
+
+    ``overrides``: the command line's Hydra overrides (a resume checks them against the
+    checkpoint's run)."""
+    started = time.perf_counter()
+    stop = StopRequest()
+    stop.install()
+    cfg, resume_from = resume_point(cfg, run_dir, overrides)
+    check_fits(cfg, init_ray(cfg.cluster, quiet=not cfg.trainer.verbose))  # before any data or actor work
     cfg, model_path = _prepare_inputs(cfg)
+    model_path, retrieval = start_policy(cfg, model_path)
     trainer = StePPOTrainer(cfg, run_dir, model_path)
     tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard,
                             wandb_project=cfg.trainer.wandb_project, run_name=run_dir.name)
-    started, checkpoint, final_eval = time.perf_counter(), None, {}
     try:
-        trainer.setup()
-        trainer.resume()
-        warm_up_critic(trainer, tracker)
-        bar = progress_bar(cfg.trainer.total_steps, initial=trainer.step)
-        while trainer.step < cfg.trainer.total_steps:
-            metrics = trainer.train_step()
-            last = trainer.step == cfg.trainer.total_steps
-            if (cfg.trainer.eval_every and trainer.step % cfg.trainer.eval_every == 0) or last:
-                final_eval = trainer.evaluate()
-                metrics.update(final_eval)
-            tracker.log(trainer.step, metrics)
-            print_step(trainer.step, cfg.trainer.total_steps, metrics, bar)
-            if (cfg.trainer.save_every and trainer.step % cfg.trainer.save_every == 0) or last:
-                checkpoint = trainer.checkpoint()
-            bar.update(1)
-        bar.close()
+        trainer.setup(retrieval=retrieval)
+        eval_start = begin(trainer, tracker, run_dir, resume_from)
+        checkpoint, final_eval = run_steps(trainer, tracker, stop)
     finally:
         tracker.close()
         trainer.shutdown()
+        if retrieval is not None:
+            retrieval.shutdown()
     plots = write_plots(run_dir)
     summary = {"run_dir": str(run_dir), "steps": trainer.step, "wall_s": time.perf_counter() - started,
                "checkpoint": str(checkpoint) if checkpoint else None, "plots": [str(p) for p in plots],
-               "eval": final_eval, "reward": cfg.reward.name, "seed": cfg.seed}
+               "model_path": model_path, "eval_start": eval_start, "eval": final_eval,
+               "reward": cfg.reward.name, "seed": cfg.seed, "stopped": stop.requested}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if stop.requested:
+        print(f"stopped at step {trainer.step} with checkpoint {checkpoint}; continue with:\n"
+              f"  python -m launch.train trainer.run_dir={run_dir} trainer.resume=auto")
+        return summary
     print_results(summary, run_dir)
     return summary
+
+
+def run_directory(cfg: Config, hydra_dir: Path) -> Path:
+    """The run directory; a relative ``trainer.run_dir`` inside a Ray job's temporary
+    working directory would be deleted with the job, so it is refused there."""
+    if Path(cfg.trainer.run_dir).is_absolute() or "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return hydra_dir
+    if "runtime_resources" in Path.cwd().parts:
+        raise ConfigError("trainer.run_dir", f"{cfg.trainer.run_dir!r} is relative, and this Ray job runs in a "
+                                             f"temporary working directory ({Path.cwd()}) that is deleted with "
+                                             "it: give an absolute path (launch.submit adds one)")
+    return hydra_dir.resolve()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> float:
     """Hydra entry point; returns the final validation F1 (for sweepers that optimize it)."""
     hydra_cfg = HydraConfig.get()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # lines as they happen, in job logs too
     try:
         cfg = to_config(dcfg)
-        summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
+        summary = train(cfg, run_directory(cfg, Path(hydra_cfg.runtime.output_dir)), list(hydra_cfg.overrides.task))
     except (ConfigError, LearnerFailure) as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed run; the sweep (or an Optuna study) goes on

@@ -44,9 +44,10 @@ _NOISE = re.compile(r"^(\x1b\[[0-9;]*m)?\(\w+ pid=\d+|\bINFO\b|WARNING|Warning|T
 """Lines not echoed: actors' output (Ray prefixes ``(ClassName pid=N)``), log records and
 warnings of the libraries; the stage logs keep everything."""
 TOOL_ARGS = ("input", "work_dir", "sft_epochs", "train_steps", "limit")
-DEFAULTS = ("rollout.max_response_tokens=1280",)
-"""Overrides applied unless given: Wikipedia paragraphs are long, so 3-4 searches need more
-room than the toyworld budget (gold trajectories that do not fit are not taught)."""
+DEFAULTS = ("trainer=tiny", "rollout.max_response_tokens=1280")
+"""Overrides applied unless given: the bare trainer preset (the quick start's is for toyworld),
+and, since Wikipedia paragraphs are long, more room for 3-4 searches than the toyworld budget
+(gold trajectories that do not fit are not taught)."""
 
 
 class StageError(RuntimeError):

@@ -274,7 +274,7 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
     arm_cfgs = {(arm, seed): load_config([EXPERIMENT, *overrides, f"reward={arm}", f"seed={seed}"])
                 for arm in arms for seed in seeds}  # every config error before any work
     started = time.perf_counter()
-    init_ray(cfg.cluster, logging_level="WARNING")
+    init_ray(cfg.cluster, quiet=not cfg.trainer.verbose)
     cfg, base_policy = _prepare_inputs(cfg)
     data_dir = Path(cfg.data.output_dir)
     test_rows = read_rows(data_dir / f"test.{cfg.data.format}")

@@ -31,7 +31,7 @@ resolve_policy_path(cfg.model, cfg.data.output_dir, cfg.data.format)
 def toyworld(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Overrides pointing at a toyworld and tiny policy prepared once for the session."""
     root = tmp_path_factory.mktemp("e2e_toyworld")
-    overrides = [f"data.output_dir={root / 'data'}", f"model.build_dir={root / 'models'}"]
+    overrides = ["trainer=tiny", f"data.output_dir={root / 'data'}", f"model.build_dir={root / 'models'}"]
     subprocess.run([sys.executable, "-m", "launch.prepare_data", *overrides, *WORLD], cwd=ROOT, env=base_env(),
                    check=True, capture_output=True, timeout=300)
     # The policy is built here (as launch.train would), so that no job spends its time on it.

@@ -21,7 +21,7 @@ def gold(small_toyworld: dict) -> tuple:
     from launch.sft import build_gold
     from retrieval_service.retriever import build_retriever
 
-    cfg = load_config([f"data.output_dir={small_toyworld['dir']}",
+    cfg = load_config(["trainer=tiny", f"data.output_dir={small_toyworld['dir']}",
                        f"retrieval.corpus_path={small_toyworld['dir'] / 'corpus.jsonl'}"])
     retriever = build_retriever(cfg.retrieval)
     golds = build_gold(cfg, str(small_toyworld["policy"]), small_toyworld["rows"][:2], retriever.search)

@@ -21,7 +21,7 @@ from workers.data.rows import read_rows
 pytestmark = pytest.mark.integration
 
 TINY = TinyModelConfig(vocab_size=800, num_layers=2)
-SMALL = ["rollout.engine=hf", "rollout.max_action_tokens=16", "rollout.max_response_tokens=128",
+SMALL = ["trainer=tiny", "rollout.engine=hf", "rollout.max_action_tokens=16", "rollout.max_response_tokens=128",
          "rollout.max_obs_tokens=64", "rollout.max_turns=2"]
 RECORD_FIELDS = {"sample_id", "data_source", "question", "targets", "prediction", "em", "f1", "cover_em",
                  "format_ok", "num_hops", "num_searches", "gold_hit", "redundancy", "response_text", "turns"}

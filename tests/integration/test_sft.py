@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run_sft(tmp_path: Path, *overrides: str) -> list[dict]:
     """``launch.sft`` on a small toyworld; its metrics records."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": "127.0.0.1"}
-    args = [f"data.output_dir={tmp_path / 'data'}", f"model.build_dir={tmp_path / 'models'}",
+    args = ["trainer=tiny", f"data.output_dir={tmp_path / 'data'}", f"model.build_dir={tmp_path / 'models'}",
             f"trainer.run_dir={tmp_path / 'sft'}", "data.toyworld.num_questions=120", "data.toyworld.num_people=60",
             "data.toyworld.num_films=20", "data.toyworld.num_companies=15", "model.tiny.num_layers=2",
             "sft.max_rows=32", "sft.batch_size=16", "sft.steps_per_call=1", "sft.lr=3e-3",
-            "sft.warmup_steps=0", "sft.eval_every=0", "trainer.eval_size=4", "rollout.engine=hf",
+            "sft.warmup_steps=0", "sft.eval_every=0", "sft.first_search_steps=0", "sft.rename_entities=false",
+            "sft.lr_schedule=cosine", "trainer.eval_size=4", "rollout.engine=hf",
             "rollout.max_action_tokens=16", "trainer.tensorboard=false", *overrides]
     done = subprocess.run([sys.executable, "-m", "launch.sft", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["trainer.batch_size=4", "learner.mini_batch_size=4", "learner.micro_batch_size=2", "trainer.eval_size=4",
+TINY = ["trainer=tiny", "trainer.batch_size=4", "learner.mini_batch_size=4", "learner.micro_batch_size=2",
+        "trainer.eval_size=4",
         "trainer.eval_every=0", "rollout.max_action_tokens=24", "rollout.max_response_tokens=160",
         "rollout.max_obs_tokens=64", "model.tiny.num_layers=2", "learner.actor_lr=1e-3", "learner.critic_lr=1e-3",
         "trainer.tensorboard=false", "data.toyworld.num_questions=200", "data.toyworld.num_people=80",
@@ -74,7 +76,38 @@ def test_killed_and_resumed_run_ends_where_an_uninterrupted_run_ends(common: lis
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
     steps = [line for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines() if line]
-    assert [int(s.split('"step": ')[1].split(",")[0]) for s in steps][-2:] == [3, 4]
+    numbers = [int(s.split('"step": ')[1].split(",")[0]) for s in steps]
+    assert numbers[-2:] == [3, 4] and len(numbers) == len(set(numbers)), numbers  # each step once
+
+    # The same run or none: another seed on the command line is refused before any actor starts.
+    refused = _train([*args, "trainer.resume=auto", "seed=6"], tmp_path / "resumed")
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "config error: seed:" in refused.stderr and "step_000004" in refused.stderr
+    assert "was trained with 5, the command line gives 6" in refused.stderr
+    assert "started a local Ray cluster" not in refused.stdout + refused.stderr
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(common: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": "127.0.0.1"}
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launch.train", *common, "trainer.total_steps=30", "rollout.engine=hf",
+           f"trainer.run_dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    for line in proc.stdout:  # wait until the loop runs
+        seen.append(line)
+        if "step 1/30" in line:
+            break
+    proc.send_signal(signal.SIGTERM)  # what `launch.submit --stop` (Ray's job stop) sends the driver
+    out, _ = proc.communicate(timeout=600)
+    printed = "".join(seen) + out
+    assert proc.returncode == 0, printed[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped"] is True and 1 <= summary["steps"] < 30
+    assert Path(summary["checkpoint"]).name == f"step_{summary['steps']:06d}"
+    assert (Path(summary["checkpoint"]) / "COMPLETE").exists()
+    assert f"trainer.run_dir={run_dir} trainer.resume=auto" in printed
 
 
 def _pids(class_name: str) -> list[int]:

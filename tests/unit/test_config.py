@@ -123,4 +123,16 @@ def test_renaming_entities_is_refused_for_real_datasets() -> None:
     check_renaming(cfg, [row("toyworld")])
     with pytest.raises(ConfigError, match=r"sft\.rename_entities.*musique"):
         check_renaming(cfg, [row("toyworld"), row("musique")])
-    check_renaming(load_config(), [row("musique")])  # off: anything goes
+    check_renaming(load_config(["trainer=tiny"]), [row("musique")])  # off: anything goes
+
+
+def test_the_quick_start_is_the_default_and_the_learning_preset_is_unchanged_by_it() -> None:
+    cfg = load_config()
+    assert cfg.model.warm_start == "sft" and cfg.model.path is None
+    assert cfg.data.toyworld.hops == [2, 3] and cfg.rollout.max_turns >= 3
+    assert cfg.trainer.eval_start and cfg.trainer.eval_size >= 64 and cfg.trainer.critic_warmup_steps > 0
+    bare = load_config(["trainer=tiny"])
+    assert bare.model.warm_start == "none" and bare.trainer.critic_warmup_steps == 0
+    learning = load_config(["+experiment=toyworld_learning"])
+    assert learning.model.warm_start == "none"  # composed on trainer=tiny, as before the quick start
+    assert learning.data.toyworld.hops == [2, 3, 4] and learning.trainer.eval_size == 128

@@ -12,6 +12,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "data.name": ("toyworld", "musique", "hotpotqa"),
     "data.format": ("parquet", "jsonl"),
+    "data.instruction": ("search", "short"),
     "retrieval.method": ("dense", "bm25"),
     "retrieval.pooling": ("mean", "cls"),
     "retrieval.encoder_dtype": ("auto", "float32", "bfloat16", "float16", "int8"),
@@ -25,6 +26,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "reward.info_gain_idf": ("pair", "corpus"),
     "learner.engine": ("deepspeed", "torch"),
     "learner.precision": ("auto", "fp32", "bf16"),
+    "model.warm_start": ("none", "sft"),
 }
 
 
@@ -136,7 +138,9 @@ def validate(cfg: Config) -> Config:
     _validate_model(cfg)
     _validate_data(cfg)
     _validate_runtime(cfg)
-    _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size")
+    _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size", "trainer.rollout_timeout_s",
+              "retrieval.search_timeout_s", "trainer.reward_timeout_s", "trainer.learner_timeout_s",
+              "trainer.sync_timeout_s")
     _non_negative(cfg, "trainer.eval_every", "trainer.save_every", "trainer.critic_warmup_steps")
     _require(cfg.trainer.critic_warmup_steps == 0 or cfg.learner.advantage_estimator == "gae",
              "trainer.critic_warmup_steps",

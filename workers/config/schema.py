@@ -54,6 +54,9 @@ class ModelConfig:
     """Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Passed to transformers and vLLM for models with custom code."""
+    warm_start: str = "none"
+    """none, or sft: when path is None, start from the tiny policy after a supervised warm
+    start on the training rows (``sft.*``), built on first use and cached in build_dir."""
 
 
 @dataclass
@@ -106,6 +109,9 @@ class DataConfig:
     """For single-split sources: fraction of rows held out for test."""
     toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     """Generator sizes when name is toyworld."""
+    instruction: str = "search"
+    """User message of every row: search (the StepSearch/Search-R1 instruction) or short (the
+    protocol in one line, for tiny policies trained from scratch)."""
 
 
 @dataclass
@@ -158,6 +164,9 @@ class RetrievalConfig:
     """CPUs reserved per retrieval actor; its encoder runs on floor(num_cpus) threads (at least 1)."""
     num_gpus: float = 0.0
     """GPUs per retrieval actor (the index moves to them when > 0)."""
+    search_timeout_s: float = 300.0
+    """Longest wait for one search call through the Ray replicas; a replica that exceeds it is
+    killed (Ray restarts it) and the search is sent again."""
 
 
 @dataclass
@@ -352,10 +361,28 @@ class TrainerConfig:
     """Run directory for metrics, checkpoints and plots."""
     resume: str = "never"
     """never, auto (newest complete checkpoint in run_dir) or a checkpoint path."""
+    resume_allow_changes: bool = False
+    """On resume, let the command line change what defines the run (policy, seed, data,
+    reward, learner ranks and ZeRO stage) with a warning, instead of refusing."""
     tensorboard: bool = True
     """Also log metrics to TensorBoard."""
     wandb_project: Optional[str] = None
     """Weights & Biases project (None: off)."""
+    eval_start: bool = True
+    """Evaluate the starting policy on validation before step 1 (logged as step 0)."""
+    rollout_timeout_s: float = 1800.0
+    """Longest wait for one chunk of rollouts; a rollout actor that exceeds it is killed and
+    its chunk redone, as after a crash."""
+    reward_timeout_s: float = 600.0
+    """Longest wait for a batch's rewards; the reward actors are then restarted and the batch
+    scored again once."""
+    learner_timeout_s: float = 3600.0
+    """Longest wait for a learner call (update, checkpoint, weights); then the run stops with
+    the resume hint."""
+    sync_timeout_s: float = 600.0
+    """Longest wait for a weight sync to the rollout actors."""
+    verbose: bool = False
+    """Show every library's log lines (vLLM, Ray, DeepSpeed); by default known noise is hidden."""
 
 
 @dataclass

@@ -16,6 +16,15 @@ SEARCH_INSTRUCTION = (
 )
 """Default user message; ``{question}`` is filled in per row."""
 
+SHORT_INSTRUCTION = (
+    "Search with <search> query </search>; answer with <answer> answer </answer>.\nQuestion: {question}\n")
+"""``data.instruction=short``: the protocol in one line, for policies trained from scratch (the quick
+start), which cannot read the default's English and for which its ~90 tokens are compute on
+every sequence."""
+
+INSTRUCTIONS = {"search": SEARCH_INSTRUCTION, "short": SHORT_INSTRUCTION}
+"""``data.instruction`` -> the user message template."""
+
 
 def build_prompt(question: str, template: str = SEARCH_INSTRUCTION) -> list[dict[str, str]]:
     """The row's ``prompt`` field: one user message."""
