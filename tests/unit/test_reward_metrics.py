@@ -9,6 +9,7 @@ import pytest
 import workers.reward.info_gain
 import workers.reward.metrics
 import workers.reward.scoring
+import workers.types
 from workers.reward import (
     answer_f1,
     cover_exact_match,
@@ -21,7 +22,7 @@ from workers.reward import (
 
 
 @pytest.mark.parametrize("module", [workers.reward.metrics, workers.reward.info_gain,
-                                    workers.reward.scoring])
+                                    workers.reward.scoring, workers.types])
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)  # type: ignore[arg-type]
     assert result.attempted > 0

@@ -224,7 +224,9 @@ class RewardConfig:
     key_weight: float = 0.618
     """Weight of the search-key score in the outcome reward."""
     step_reward_scale: float = 0.6
-    """Multiplier of the per-step reward (information gain minus redundancy)."""
+    """Multiplier of the per-step reward (information gain minus redundancy). 0.6 is the
+    paper's stated intent; StepSearch's released code effectively applies 1.6 (s + 0.6 s,
+    docs/training.md), so step_reward_scale=1.6 reproduces the release."""
     use_info_gain: bool = True
     """Add the information gain G_t on each search step."""
     use_redundancy: bool = True
