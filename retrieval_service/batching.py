@@ -15,6 +15,7 @@ search waiting on it fails with ``SearcherStoppedError`` and the next call start
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import unicodedata
@@ -244,7 +245,9 @@ class BatchingSearcher:
             # First call, a new loop (tests), or the worker stopped: start a fresh worker.
             self._loop, self._queue, self._pending = loop, asyncio.Queue(), {}
             self._worker = loop.create_task(self._run())
-            self._worker.add_done_callback(self._worker_stopped)
+            # The callback gets this worker's own pending map: a worker started after it
+            # stopped (before the callback ran) has a new one, and the old waiters still fail.
+            self._worker.add_done_callback(functools.partial(self._worker_stopped, self._pending))
         if key in self._pending:
             self._stats.inflight_shared += 1
             return self._pending[key]
@@ -308,18 +311,19 @@ class BatchingSearcher:
             if future is not None and not future.done():
                 future.set_result(value)
 
-    def _worker_stopped(self, task: asyncio.Task) -> None:
+    def _worker_stopped(self, pending: dict[CacheKey, asyncio.Future], task: asyncio.Task) -> None:
         """Fail every search still waiting on a worker that stopped, so none waits forever."""
-        if task is not self._worker:
-            return
         reason = "was cancelled" if task.cancelled() else f"died: {task.exception()!r}"
         if not task.cancelled():
             logger.error("retrieval batch worker %s", reason, exc_info=task.exception())
-        if self._pending:
-            error = SearcherStoppedError(f"the retrieval batch worker {reason}; "
-                                         f"{len(self._pending)} pending queries failed")
+        waiting = [future for future in pending.values() if not future.done()]
+        pending.clear()
+        if waiting:
             self._stats.errors += 1
-            self._fail(list(self._pending), error)
+            error = SearcherStoppedError(f"the retrieval batch worker {reason}; "
+                                         f"{len(waiting)} pending queries failed")
+            for future in waiting:
+                future.set_exception(error)
 
     def _fail(self, batch: list[CacheKey], exc: BaseException) -> None:
         for key in batch:

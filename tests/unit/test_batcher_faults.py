@@ -144,3 +144,4 @@ def test_cache_is_bounded_in_bytes() -> None:
     searcher.clear_cache()
     assert searcher.cache_bytes == 0
     searcher.close()
+
