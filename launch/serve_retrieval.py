@@ -30,7 +30,7 @@ Serves POST /retrieve {"queries": [...], "topk": k, "return_scores": bool} and G
 With no retrieval.index_dir it builds an index of retrieval.corpus_path first (in memory/tmp).
 Server options: server.host=127.0.0.1 server.port=8000
   server.auth_token_env=VAR | server.auth_token_file=FILE | server.auth_token=SECRET (shows in ps)
-  server.max_queries=4096 server.max_query_chars=4096 server.max_topk=100 server.max_pending=16384
+  server.max_queries=4096 server.max_query_chars=2000 server.max_topk=100 server.max_pending=16384
 Examples:
   python -m launch.serve_retrieval retrieval.corpus_path=data/toyworld/corpus.jsonl server.port=8000
   python -m launch.serve_retrieval retrieval=e5_gpu device=cuda retrieval.index_dir=indexes/wiki18-e5-flat"""

@@ -61,7 +61,7 @@ class ApiLimits:
     num_passages: int
     default_topk: int
     max_queries: int = 4096
-    max_query_chars: int = 4096
+    max_query_chars: int = 2000
     max_topk: int = 100
     retry_after_s: int = 1
 

@@ -88,7 +88,7 @@ def test_documents_only_and_default_topk(url: str) -> None:
     ({"queries": ["ok"], "topk": "3"}, 422, "topk must be an integer"),
     ({"queries": ["ok"], "return_scores": "yes"}, 422, "return_scores must be true or false"),
     ({"queries": ["ok"] * 9}, 413, r"too many queries: 9 > 8 per request \(server.max_queries\)"),
-    ({"queries": ["x" * 5000]}, 413, r"5000 characters > 4096 \(server.max_query_chars\)"),
+    ({"queries": ["x" * 5000]}, 413, r"5000 characters > 2000 \(server.max_query_chars\)"),
     ([1, 2], 422, "body must be a JSON object")])
 def test_bad_input_is_4xx_and_server_stays_up(url: str, body: object, status: int, message: str) -> None:
     response = requests.post(f"{url}/retrieve", json=body, timeout=TIMEOUT)

@@ -172,7 +172,7 @@ class ServerConfig:
     """TCP port."""
     auth_token: Optional[str] = None
     """When set, requests must carry 'Authorization: Bearer <token>'."""
-    max_query_chars: int = 4096
+    max_query_chars: int = 2000
     """Longest accepted query string; longer ones get HTTP 413."""
     max_topk: int = 100
     """Largest topk one request may ask for; more gets HTTP 422."""
