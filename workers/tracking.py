@@ -152,9 +152,9 @@ def commit_checkpoint(staging: Path, state: Mapping[str, Any]) -> Path:
 
     Writes the trainer state, fsyncs every file and directory, then writes and fsyncs the
     marker; only then does it take the final name. A previous checkpoint of the same step is
-    renamed aside first and removed only after the new one is in place, so a crash at any
-    moment leaves a complete checkpoint of the step (``latest_checkpoint`` puts a moved-aside
-    one back when the swap did not finish).
+    renamed aside (``step_N.old``) first and removed only after the new one is in place, so a
+    crash at any moment leaves a complete checkpoint of the step (``complete_checkpoints``
+    counts a ``step_N.old`` whose ``step_N`` is missing).
     """
     _write_synced(staging / "trainer_state.json", json.dumps(dict(state), indent=2) + "\n")
     _fsync_tree(staging)
@@ -163,8 +163,9 @@ def commit_checkpoint(staging: Path, state: Mapping[str, Any]) -> Path:
     final = staging.with_suffix("")
     parent = final.parent
     replaced = final.with_suffix(REPLACED_SUFFIX)
-    if replaced.exists():  # a finished swap whose cleanup did not run
+    if replaced.exists() and final.exists():  # a finished swap whose cleanup did not run
         shutil.rmtree(replaced)
+    # Else a cut swap left the previous checkpoint aside: it stays there until the new one is in.
     if final.exists():
         os.rename(final, replaced)
         _fsync_path(parent)
@@ -179,23 +180,21 @@ def _is_complete(path: Path) -> bool:
     return path.is_dir() and (path / COMPLETE_MARKER).is_file()
 
 
-def _restore_interrupted_swaps(root: Path) -> None:
-    """Put back a complete ``step_N.old`` whose replacement never took the name ``step_N``."""
-    for aside in root.glob(f"step_*{REPLACED_SUFFIX}"):
-        final = aside.with_suffix("")
-        if _is_complete(aside) and not final.exists():
-            logger.warning("restoring %s: the checkpoint replacing it was never completed", final)
-            os.rename(aside, final)
-            _fsync_path(root)
-
-
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The complete checkpoints under ``run_dir/checkpoints``, oldest step first."""
+    """The complete checkpoints under ``run_dir/checkpoints``, oldest step first.
+
+    One per step: ``step_N``, or ``step_N.old`` when a replacement of step N was cut between
+    its two renames (nothing is renamed here: a reader never races a writer).
+    """
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    _restore_interrupted_swaps(root)
-    complete = [p for p in root.glob("step_*") if p.suffix == "" and _step_of(p) >= 0 and _is_complete(p)]
+    complete = []
+    for path in root.glob("step_*"):
+        if _step_of(path) < 0 or not _is_complete(path):
+            continue
+        if path.suffix == "" or (path.suffix == REPLACED_SUFFIX and not path.with_suffix("").exists()):
+            complete.append(path)
     return sorted(complete, key=_step_of)
 
 

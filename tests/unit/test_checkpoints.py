@@ -85,9 +85,24 @@ def test_a_crash_in_the_middle_of_the_swap_restores_the_previous_checkpoint(
         save(tmp_path, 7, payload="new")
     monkeypatch.setattr(tracking.os, "rename", real_rename)
     assert not checkpoint_dir(tmp_path, 7).exists()  # mid-swap: only step_7.old is complete
-    restored = latest_checkpoint(tmp_path)
-    assert restored == checkpoint_dir(tmp_path, 7)
-    assert (restored / "learner" / "model.bin").read_text() == "old"
+    previous = latest_checkpoint(tmp_path)
+    assert previous == checkpoint_dir(tmp_path, 7).with_suffix(".old")
+    assert (previous / "learner" / "model.bin").read_text() == "old"
+    # The next save of step 7 keeps that copy until the new one is in place, then drops it.
+    again = save(tmp_path, 7, payload="newer")
+    assert latest_checkpoint(tmp_path) == again == checkpoint_dir(tmp_path, 7)
+    assert (again / "learner" / "model.bin").read_text() == "newer"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000007"]
+
+
+def test_a_swap_cut_before_cleanup_leaves_the_new_checkpoint(tmp_path: Path) -> None:
+    new = save(tmp_path, 9, payload="new")
+    stale = new.with_suffix(".old")  # the old copy a crash kept from being removed
+    (stale / "learner").mkdir(parents=True)
+    (stale / COMPLETE_MARKER).write_text("ok\n")
+    assert complete_checkpoints(tmp_path) == [new]
+    assert (save(tmp_path, 9, payload="newer") / "learner" / "model.bin").read_text() == "newer"
+    assert not stale.exists()
 
 
 def test_prune_keeps_the_last_n_and_the_best(tmp_path: Path) -> None:
