@@ -50,7 +50,7 @@ class RetrievalActor:
         self._searcher = BatchingSearcher(
             self._retriever.search, num_passages=self._retriever.num_passages,
             max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_batch_wait_ms,
-            cache_size=cfg.cache_size)
+            cache_size=cfg.cache_size, cache_max_bytes=cfg.cache_max_bytes)
 
     async def search(self, queries: list[str], topk: int | None = None) -> list[list[Document]]:
         """Top-k documents per query (``topk`` None: the configured default)."""

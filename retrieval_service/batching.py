@@ -6,12 +6,16 @@ cache misses on one queue; a single worker task takes up to ``max_batch_size`` o
 waiting at most ``max_wait_ms`` for more after the first, and runs them as one retriever
 call in a worker thread. While a batch runs, new arrivals queue up and form the next one,
 so batches grow with load by themselves. Identical queries in flight share one search.
-Results are cached on (normalized query, topk).
+Results are cached on (normalized query, topk), bounded in entries and in (estimated) bytes.
+With ``max_pending`` set, a request whose new queries would overfill the waiting work is
+refused with ``SearcherBusyError`` (HTTP 503). Should the worker task ever stop, every
+search waiting on it fails with ``SearcherStoppedError`` and the next call starts a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import unicodedata
@@ -44,6 +48,28 @@ LATENCY_MS_P50 = "retrieval/latency_ms_p50"
 LATENCY_MS_P90 = "retrieval/latency_ms_p90"
 LATENCY_MS_P99 = "retrieval/latency_ms_p99"
 ERRORS = "retrieval/errors"
+
+
+class SearcherBusyError(RuntimeError):
+    """Too many queries already wait for the retriever; retry later (HTTP 503)."""
+
+
+class SearcherStoppedError(RuntimeError):
+    """The batch worker task stopped (crashed or closed) while this search waited on it."""
+
+
+def entry_bytes(key: CacheKey, docs: Sequence[Document]) -> int:
+    """Estimated memory of one cache entry: its strings plus a fixed cost per object.
+
+    >>> entry_bytes(("q", 3), [Document("d1", "T", "text")])
+    328
+    """
+    per_doc = sum(len(d.id) + len(d.title) + len(d.text) + _DOC_OVERHEAD for d in docs)
+    return len(key[0]) + _ENTRY_OVERHEAD + per_doc
+
+
+_DOC_OVERHEAD = 200  # a Document, its three str headers and a float (CPython, 64-bit)
+_ENTRY_OVERHEAD = 120  # the key tuple, the OrderedDict node and the value tuple
 
 
 def normalize_query(query: str) -> str:
@@ -102,12 +128,16 @@ class BatchingSearcher:
 
     def __init__(self, search_fn: SearchFn, *, num_passages: int | None = None,
                  max_batch_size: int = 256, max_wait_ms: float = 2.0, cache_size: int = 100_000,
+                 cache_max_bytes: int = 512 * 2**20, max_pending: int = 0,
                  sample_window: int = 10_000) -> None:
         self._search_fn = search_fn
         self._num_passages = num_passages
         self.max_batch_size = max_batch_size
         self._max_wait = max_wait_ms / 1000.0
         self._cache_size = cache_size
+        self._cache_max_bytes = cache_max_bytes
+        self._cache_bytes = 0
+        self.max_pending = max_pending
         self._cache: OrderedDict[CacheKey, tuple[Document, ...]] = OrderedDict()
         self._pending: dict[CacheKey, asyncio.Future] = {}
         self._queue: asyncio.Queue[CacheKey] | None = None
@@ -126,6 +156,7 @@ class BatchingSearcher:
         keys = [(normalize_query(q), int(topk)) for q in queries]
         found = {key: hit for key in set(keys) if (hit := self._cache_get(key)) is not None}
         misses = [key for key in dict.fromkeys(keys) if key not in found]
+        self._admit(misses)
         futures = [self._submit(key) for key in misses]
         try:
             # shield: one caller giving up must not cancel a search other callers share
@@ -149,8 +180,19 @@ class BatchingSearcher:
     def metrics(self) -> dict[str, float]:
         return self.stats().metrics()
 
+    @property
+    def cache_bytes(self) -> int:
+        """Estimated bytes the cache holds now (``entry_bytes`` summed)."""
+        return self._cache_bytes
+
+    @property
+    def pending(self) -> int:
+        """Distinct queries queued or being searched."""
+        return len(self._pending)
+
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._cache_bytes = 0
 
     def reset_stats(self) -> None:
         self._stats = SearchStats()
@@ -170,18 +212,42 @@ class BatchingSearcher:
         return hit
 
     def _cache_put(self, key: CacheKey, docs: tuple[Document, ...]) -> None:
-        if self._cache_size > 0:
-            self._cache[key] = docs
-            self._cache.move_to_end(key)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        size = entry_bytes(key, docs)
+        if self._cache_size <= 0 or size > self._cache_max_bytes:
+            return
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= entry_bytes(key, old)
+        self._cache[key] = docs
+        self._cache_bytes += size
+        while len(self._cache) > self._cache_size or self._cache_bytes > self._cache_max_bytes:
+            evicted, value = self._cache.popitem(last=False)
+            self._cache_bytes -= entry_bytes(evicted, value)
+
+    def _admit(self, misses: list[CacheKey]) -> None:
+        """Refuse (``SearcherBusyError``) new work that would overfill the waiting queries.
+
+        Queries already in flight join their search for free; with nothing waiting, any
+        request is admitted, so a large request never waits forever for room.
+        """
+        if self.max_pending <= 0 or not self._pending:
+            return
+        new = sum(1 for key in misses if key not in self._pending)
+        if new and len(self._pending) + new > self.max_pending:
+            self._stats.errors += 1
+            raise SearcherBusyError(f"{len(self._pending)} queries wait for the retriever; {new} more would "
+                                    f"exceed the limit of {self.max_pending} (server.max_pending)")
 
     def _submit(self, key: CacheKey) -> asyncio.Future:
         """The future of ``key``'s search: an identical one in flight, or a newly queued one."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first call, or a new loop (tests): start a fresh worker
+        if loop is not self._loop or self._worker is None or self._worker.done():
+            # First call, a new loop (tests), or the worker stopped: start a fresh worker.
             self._loop, self._queue, self._pending = loop, asyncio.Queue(), {}
             self._worker = loop.create_task(self._run())
+            # The callback gets this worker's own pending map: a worker started after it
+            # stopped (before the callback ran) has a new one, and the old waiters still fail.
+            self._worker.add_done_callback(functools.partial(self._worker_stopped, self._pending))
         if key in self._pending:
             self._stats.inflight_shared += 1
             return self._pending[key]
@@ -205,7 +271,7 @@ class BatchingSearcher:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
                 break
         return batch
 
@@ -244,6 +310,20 @@ class BatchingSearcher:
             future = self._pending.pop(key, None)
             if future is not None and not future.done():
                 future.set_result(value)
+
+    def _worker_stopped(self, pending: dict[CacheKey, asyncio.Future], task: asyncio.Task) -> None:
+        """Fail every search still waiting on a worker that stopped, so none waits forever."""
+        reason = "was cancelled" if task.cancelled() else f"died: {task.exception()!r}"
+        if not task.cancelled():
+            logger.error("retrieval batch worker %s", reason, exc_info=task.exception())
+        waiting = [future for future in pending.values() if not future.done()]
+        pending.clear()
+        if waiting:
+            self._stats.errors += 1
+            error = SearcherStoppedError(f"the retrieval batch worker {reason}; "
+                                         f"{len(waiting)} pending queries failed")
+            for future in waiting:
+                future.set_exception(error)
 
     def _fail(self, batch: list[CacheKey], exc: BaseException) -> None:
         for key in batch:

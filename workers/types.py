@@ -8,7 +8,7 @@ Token spans are half-open ``[start, end)`` offsets into ``response_ids``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,6 +43,26 @@ class GroundTruth:
     support_docs: tuple[str, ...] = ()
     num_hops: int = 0
     """Sub-questions the question composes (evaluation groups by it); 0 when unknown."""
+
+
+def support_doc_contents(doc: str | dict[str, Any]) -> str:
+    """A gold support document as the corpus's ``contents`` string (``"Title"\\ntext``).
+
+    Rows written by this project hold strings already; StepSearch's released rows hold
+    dicts ``{"title", "paragraph_text"}``. Raises ``TypeError`` for anything else.
+
+    >>> support_doc_contents({"title": " Paris ", "paragraph_text": "Paris is in France."})
+    '"Paris"\\nParis is in France.'
+    """
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict) and isinstance(doc.get("paragraph_text"), str):
+        title = doc.get("title") or ""
+        if not isinstance(title, str):
+            raise TypeError(f"has a non-string 'title': {title!r}")
+        return f'"{title.strip()}"\n{doc["paragraph_text"].strip()}'
+    raise TypeError("must be a string or a {title, paragraph_text} dict, "
+                    f"got {type(doc).__name__} {str(doc)[:80]!r}")
 
 
 @dataclass(frozen=True)

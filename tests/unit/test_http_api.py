@@ -48,7 +48,7 @@ def retriever(corpus: Path) -> Retriever:
 @pytest.fixture(scope="module")
 def url(retriever: Retriever) -> Iterator[str]:
     cfg = RetrievalConfig(topk=2, max_batch_size=8, max_batch_wait_ms=20)
-    with ServerThread(app_for_retriever(retriever, cfg, ServerConfig())) as server:
+    with ServerThread(app_for_retriever(retriever, cfg, ServerConfig(max_queries=8))) as server:
         yield server.url
 
 
@@ -87,8 +87,8 @@ def test_documents_only_and_default_topk(url: str) -> None:
     ({"queries": ["ok"], "topk": 7}, 422, "between 1 and the corpus size 6, got 7"),
     ({"queries": ["ok"], "topk": "3"}, 422, "topk must be an integer"),
     ({"queries": ["ok"], "return_scores": "yes"}, 422, "return_scores must be true or false"),
-    ({"queries": ["ok"] * 9}, 413, "too many queries: 9 > 8"),
-    ({"queries": ["x" * 5000]}, 413, "5000 characters > 4096"),
+    ({"queries": ["ok"] * 9}, 413, r"too many queries: 9 > 8 per request \(server.max_queries\)"),
+    ({"queries": ["x" * 5000]}, 413, r"5000 characters > 2000 \(server.max_query_chars\)"),
     ([1, 2], 422, "body must be a JSON object")])
 def test_bad_input_is_4xx_and_server_stays_up(url: str, body: object, status: int, message: str) -> None:
     response = requests.post(f"{url}/retrieve", json=body, timeout=TIMEOUT)
@@ -124,7 +124,7 @@ def test_concurrent_clients_are_served_together(url: str) -> None:
 
 def test_bearer_token_and_body_limit(retriever: Retriever) -> None:
     searcher = BatchingSearcher(retriever.search, max_wait_ms=1, cache_size=0)
-    limits = ApiLimits(num_passages=retriever.num_passages, default_topk=1, max_batch_size=4, max_query_chars=50)
+    limits = ApiLimits(num_passages=retriever.num_passages, default_topk=1, max_queries=4, max_query_chars=50)
     with ServerThread(create_app(searcher, limits, auth_token="s3cret")) as server:
         post = f"{server.url}/retrieve"
         body = {"queries": ["Mirefield"]}

@@ -9,6 +9,7 @@ import pytest
 import workers.reward.info_gain
 import workers.reward.metrics
 import workers.reward.scoring
+import workers.types
 from workers.reward import (
     answer_f1,
     cover_exact_match,
@@ -21,7 +22,7 @@ from workers.reward import (
 
 
 @pytest.mark.parametrize("module", [workers.reward.metrics, workers.reward.info_gain,
-                                    workers.reward.scoring])
+                                    workers.reward.scoring, workers.types])
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)  # type: ignore[arg-type]
     assert result.attempted > 0
@@ -80,28 +81,47 @@ def test_format_ok_and_extract_answer(text: str, ok: bool, answer: str | None) -
     assert extract_answer(text) == answer
 
 
-GROUPS = [["capital of France", "French capital"], ["population of Paris"]]
+GROUPS = [["capital of France", "France capital"], ["population of Paris"]]
 
 
-def test_search_key_score_hand_computed() -> None:
-    # Query 1 -> group 0 with F1 1 ("French capital"); query 2 -> group 1 with F1 1.
-    assert search_key_score(["French capital", "population of Paris"], GROUPS) == 1.0
-    # "population" vs "population of paris": p = 1, r = 1/3 -> 0.5; group 0 untouched.
-    assert search_key_score(["population"], GROUPS) == pytest.approx(0.25)
+@pytest.mark.parametrize("queries, expected", [
+    # The issue's examples: "weather" shares no token with any key, so it takes no group.
+    (["capital of France", "weather"], 0.5),
+    (["capital of France", "population of Paris", "weather"], 1.0),
+    # A zero-F1 query first, too: it must not claim (or reset) group 0.
+    (["weather", "capital of France"], 0.5),
+    (["weather", "sunny"], 0.0),  # F1 0 everywhere: no group is hit
+])
+def test_search_key_zero_f1_queries_take_no_group(queries: list[str], expected: float) -> None:
+    assert search_key_score(queries, GROUPS) == pytest.approx(expected)
+
+
+def test_search_key_partial_match_hand_computed() -> None:
+    # "population" vs "population of paris": p = 1, r = 1/3 -> F1 0.5; group 0 untouched.
+    assert search_key_score(["population"], GROUPS) == pytest.approx(0.5 / 2)
+    # Best alternative of a group counts: "capital" vs "France capital": p = 1, r = 1/2 -> 2/3
+    # (vs "capital of France" only 1/2).
+    assert search_key_score(["capital"], GROUPS) == pytest.approx((2 / 3) / 2)
 
 
 def test_search_key_same_group_twice_keeps_the_last_f1() -> None:
-    # Both queries go to group 0: first F1 1.0, then "capital" with F1 0.5 (vs "French
-    # capital": p = 1, r = 1/2 -> 2/3 is the best alternative). The last one wins.
+    # Both queries go to group 0: first F1 1.0, then "capital" with F1 2/3. The last one wins.
     assert search_key_score(["capital of France", "capital"], GROUPS) == pytest.approx((2 / 3) / 2)
     # Reversed order: the exact query comes last and the group keeps 1.0.
     assert search_key_score(["capital", "capital of France"], GROUPS) == pytest.approx(0.5)
 
 
-def test_search_key_zero_f1_query_goes_to_the_first_group() -> None:
-    # Literal rule: an unrelated query has best F1 0 everywhere, goes to group 0 (first
-    # on ties) and overwrites its score with 0.
-    assert search_key_score(["capital of France", "weather"], GROUPS) == 0.0
+def test_search_key_ties_go_to_the_first_best_group() -> None:
+    # "paris capital" vs group 0 ("France capital"): 1 shared token, p = r = 1/2 -> 1/2;
+    # vs group 1 ("population of paris"): 1 shared token, p = 1/2, r = 1/3 -> 2/5. Group 0.
+    assert search_key_score(["paris capital"], GROUPS) == pytest.approx(0.5 / 2)
+    # An exact tie, F1 1/2 with both groups: only the first group takes the query.
+    tied = [["red car"], ["red bus"]]
+    assert search_key_score(["red"], tied) == pytest.approx((2 / 3) / 2)  # p = 1, r = 1/2
+    assert search_key_score(["red", "blue bus"], tied) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # "red" takes group 0 (2/3); then "red car red" (vs "red car": p = 2/3, r = 1 -> 4/5;
+    # vs "red bus": 2/5) takes group 0 again and replaces its score.
+    assert search_key_score(["red", "red car red"], tied) == pytest.approx((4 / 5) / 2)
 
 
 @pytest.mark.parametrize("queries, groups", [([], GROUPS), (["q"], []), ([], [])])

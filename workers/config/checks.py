@@ -95,6 +95,12 @@ def _validate_runtime(cfg: Config) -> None:
     _non_negative(cfg, "retrieval.cache_size", "retrieval.max_batch_wait_ms",
                   "rollout.num_workers", "reward.num_workers")
     _require(0 < cfg.server.port < 65536, "server.port", f"must be 1-65535, got {cfg.server.port}")
+    _positive(cfg, "server.max_topk", "server.max_queries", "server.max_query_chars")
+    _non_negative(cfg, "server.max_pending", "retrieval.cache_max_bytes")
+    tokens = [name for name in ("auth_token", "auth_token_env", "auth_token_file") if getattr(cfg.server, name)]
+    if len(tokens) > 1:
+        raise ConfigError(f"server.{tokens[-1]}", "set only one of server.auth_token, server.auth_token_env "
+                          f"and server.auth_token_file (got {', '.join(tokens)})")
     _positive(cfg, "rollout.max_prompt_tokens", "rollout.max_response_tokens",
               "rollout.max_obs_tokens", "rollout.max_action_tokens", "rollout.n_samples",
               "rollout.tensor_parallel_size", "rollout.kv_cache_gib")

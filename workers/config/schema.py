@@ -158,6 +158,8 @@ class RetrievalConfig:
     """How long the actor waits for more concurrent callers before encoding a batch."""
     cache_size: int = 100000
     """LRU cache entries on (normalized query, topk); 0 disables the cache."""
+    cache_max_bytes: int = 536870912
+    """Bound on the cache's estimated memory (512 MiB), besides cache_size entries."""
     num_replicas: int = 1
     """Retrieval actors behind one handle."""
     num_cpus: float = 1.0
@@ -179,8 +181,19 @@ class ServerConfig:
     """TCP port."""
     auth_token: Optional[str] = None
     """When set, requests must carry 'Authorization: Bearer <token>'."""
-    max_query_chars: int = 4096
+    max_query_chars: int = 2000
     """Longest accepted query string; longer ones get HTTP 413."""
+    max_topk: int = 100
+    """Largest topk one request may ask for; more gets HTTP 422."""
+    max_queries: int = 4096
+    """Most queries in one request (a Search-R1 rollout batch fits); more gets HTTP 413."""
+    max_pending: int = 16384
+    """Distinct queries that may wait for the retriever; a request that would exceed it gets
+    HTTP 503 with Retry-After. 0: unbounded."""
+    auth_token_env: Optional[str] = None
+    """Name of an environment variable holding the bearer token (keeps it out of ps)."""
+    auth_token_file: Optional[str] = None
+    """File holding the bearer token (surrounding whitespace ignored)."""
 
 
 @dataclass
@@ -233,7 +246,9 @@ class RewardConfig:
     key_weight: float = 0.618
     """Weight of the search-key score in the outcome reward."""
     step_reward_scale: float = 0.6
-    """Multiplier of the per-step reward (information gain minus redundancy)."""
+    """Multiplier of the per-step reward (information gain minus redundancy). 0.6 is the
+    paper's stated intent; StepSearch's released code effectively applies 1.6 (s + 0.6 s,
+    docs/training.md), so step_reward_scale=1.6 reproduces the release."""
     use_info_gain: bool = True
     """Add the information gain G_t on each search step."""
     use_redundancy: bool = True

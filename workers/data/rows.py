@@ -3,6 +3,7 @@
 A row is ``{data_source, prompt, ability, reward_model: {style, ground_truth: {target,
 search_keys}}, extra_info: {split, index, id, question, support_docs, support_doc_ids}}``.
 ``QARow`` is its typed form; ``row_from_dict`` checks a row and says what is wrong where.
+``support_docs`` may also be StepSearch's released form, dicts ``{title, paragraph_text}``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from workers.data.problems import DataError
 from workers.data.prompt import build_prompt
-from workers.types import GroundTruth
+from workers.types import GroundTruth, support_doc_contents
 
 ABILITY = "fact-reasoning"
 SPLITS = ("train", "validation", "test")
@@ -87,6 +88,21 @@ def _str_list(value: Any, path: str, where: str) -> list[str]:
     return items
 
 
+def _support_docs(value: Any, where: str) -> list[str]:
+    """``extra_info.support_docs`` as contents strings: accepts strings and release-style dicts."""
+    path = "extra_info.support_docs"
+    if isinstance(value, (str, dict)) or (not isinstance(value, (list, tuple)) and not hasattr(value, "tolist")):
+        raise DataError(f"{where}: '{path}' must be a list")
+    items = value.tolist() if hasattr(value, "tolist") else list(value)
+    docs = []
+    for i, doc in enumerate(items):
+        try:
+            docs.append(support_doc_contents(doc))
+        except TypeError as exc:
+            raise DataError(f"{where}: '{path}[{i}]' {exc}") from exc
+    return docs
+
+
 def _int_field(extra: dict[str, Any], name: str, where: str) -> int:
     """A non-negative integer of ``extra_info`` (missing or null: 0)."""
     value = extra.get(name) or 0
@@ -114,7 +130,7 @@ def row_from_dict(record: dict[str, Any], where: str = "row") -> QARow:
     keys = [] if keys_raw is None else [
         _str_list(g, "reward_model.ground_truth.search_keys", where) for g in keys_raw]
     extra = record.get("extra_info") or {}
-    support = _str_list(extra.get("support_docs", []), "extra_info.support_docs", where)
+    support = _support_docs(extra.get("support_docs") or [], where)
     support_ids = _str_list(extra.get("support_doc_ids", []), "extra_info.support_doc_ids", where)
     index = _int_field(extra, "index", where)
     num_hops = _int_field(extra, "num_hops", where)

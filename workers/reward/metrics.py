@@ -128,22 +128,29 @@ def format_ok(response_text: str) -> bool:
 def search_key_score(queries: Sequence[str], key_groups: Sequence[Sequence[str]]) -> float:
     """StepSearch search-key score of a trajectory's queries (DESIGN.md 4).
 
-    Each query goes to the key group whose best alternative has the highest F1 with it
-    (the first such group on ties, also when that F1 is 0); a group keeps the F1 of the
-    *last* query assigned to it; the score is the sum over groups / number of groups.
-    0 when there are no queries or no groups.
+    As the released ``step_search_keys_match``: each query starts assigned to no group and
+    takes a group only for a strictly better F1 (against the group's best alternative), so
+    ties go to the first best group and a query with F1 0 against every group is assigned
+    to none. A group keeps the F1 of the *last* query assigned to it; the score is the sum
+    over groups / number of groups. 0 when there are no queries or no groups.
 
-    >>> groups = [["capital of France"], ["population of Paris"]]
+    >>> groups = [["capital of France", "France capital"], ["population of Paris"]]
     >>> search_key_score(["capital of France", "population of Paris"], groups)
     1.0
-    >>> search_key_score(["capital of France", "capital"], groups)  # group 0 ends at 0.5
-    0.25
+    >>> search_key_score(["capital of France", "weather"], groups)  # "weather" hits no group
+    0.5
+    >>> search_key_score(["capital of France", "capital"], groups)  # group 0 ends at 2/3
+    0.3333333333333333
     """
     if not queries or not key_groups:
         return 0.0
     group_scores = [0.0] * len(key_groups)
     for query in queries:
-        f1s = [answer_f1(query, list(group)) for group in key_groups]
-        best = max(range(len(f1s)), key=f1s.__getitem__)
-        group_scores[best] = f1s[best]
+        best_group, best_f1 = -1, 0.0
+        for index, group in enumerate(key_groups):
+            f1 = answer_f1(query, list(group))
+            if f1 > best_f1:
+                best_group, best_f1 = index, f1
+        if best_group >= 0:
+            group_scores[best_group] = best_f1
     return sum(group_scores) / len(key_groups)

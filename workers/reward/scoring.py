@@ -33,7 +33,7 @@ from workers.reward.metrics import (
     format_ok,
     search_key_score,
 )
-from workers.types import GroundTruth, RewardBatch, TrajectoryBatch, Turn
+from workers.types import GroundTruth, RewardBatch, TrajectoryBatch, Turn, support_doc_contents
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ def score_trajectory(turns: Sequence[Turn], response_text: str, truth: GroundTru
     key = search_key_score(queries, truth.search_keys) if cfg.use_search_key else 0.0
     no_steps = [0.0] * len(searches)
     texts = [turn.doc_texts for turn in searches]
-    gains = information_gains(texts, truth.support_docs, cosine_fn) if cfg.use_info_gain else no_steps
+    # Release-style {title, paragraph_text} gold documents score as their contents string.
+    gold = [support_doc_contents(doc) for doc in truth.support_docs]
+    gains = information_gains(texts, gold, cosine_fn) if cfg.use_info_gain else no_steps
     # Redundancy compares document identities: ids, or the texts when a retriever gave none.
     ids = [turn.doc_ids or turn.doc_texts for turn in searches]
     penalties = redundancy_penalties(ids) if cfg.use_redundancy else no_steps
