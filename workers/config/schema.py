@@ -91,7 +91,7 @@ class DataConfig:
     """Which dataset, where it comes from and where the prepared rows go."""
 
     name: str = "toyworld"
-    """Dataset kind: toyworld, musique or hotpotqa."""
+    """Dataset: toyworld, musique, hotpotqa, 2wiki, or a FlashRAG set's name (bamboogle, nq, ...)."""
     input_path: Optional[str] = None
     """Official-format source file (musique, hotpotqa); toyworld needs none."""
     output_dir: str = "data/${data.name}"
@@ -106,6 +106,10 @@ class DataConfig:
     """For single-split sources: fraction of rows held out for test."""
     toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     """Generator sizes when name is toyworld."""
+    converter: Optional[str] = None
+    """Source format of input_path: toyworld, musique, hotpotqa, 2wiki or flashrag; None: from name."""
+    split: Optional[str] = None
+    """Put every row in this split (train, validation, test); None: hash split (flashrag: test)."""
 
 
 @dataclass
