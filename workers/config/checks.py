@@ -91,8 +91,8 @@ def _validate_data(cfg: Config) -> None:
     data = cfg.data
     _require(bool(data.name) and "/" not in data.name and not data.name.startswith("."), "data.name",
              f"must be a dataset name (it names the rows' data_source), got {data.name!r}")
-    _require(data.converter != "flashrag" or data.name not in ("toyworld", "musique", "hotpotqa", "2wiki"),
-             "data.name", f"data=flashrag needs the set's name (data.name=popqa, ...), got {data.name!r}")
+    _require(data.converter != "flashrag" or data.name != "toyworld", "data.name",
+             "data=flashrag needs the set's name (data.name=popqa, ...): it becomes the rows' data_source")
     if data_converter(data.name, data.converter) != "toyworld":
         _require(bool(data.input_path), "data.input_path",
                  f"data={data.name} needs the source file (data.input_path=FILE)")
