@@ -4,6 +4,8 @@
     python -m launch.evaluate checkpoint=DIR split=validation limit=100 rollout.engine=hf
     python -m launch.evaluate                                       # the model config's policy
     python -m launch.evaluate checkpoint=DIR rollout.num_workers=2  # two rollout actors on Ray
+    python -m launch.evaluate checkpoint=DIR eval_sets=[hotpotqa,2wiki,musique,bamboogle] \
+        retrieval.index_dir=indexes/wiki18-e5 limit=500          # the paper's table
 
 Tool arguments (top-level keys; every other key=value is a Hydra override):
   checkpoint=DIR   Hugging Face model directory, a training checkpoint (its learner/hf) or a
@@ -13,6 +15,10 @@ Tool arguments (top-level keys; every other key=value is a Hydra override):
   limit=N          only the first N rows
   output=FILE      predictions JSONL (default: <checkpoint or trainer.run_dir>/predictions-<split>.jsonl)
   batch_size=N     rows per rollout call and progress step (default: 16)
+  eval_sets=[A,B]  several prepared sets (directories or data presets, each optionally
+                   @CORPUS_OR_INDEX) scored in one call: one table with a row per set and
+                   their average, written as eval-sets-<split>.{json,md} beside the
+                   predictions (output=DIR, default the checkpoint); limit=N is per set
 
 Runs in the user's process: one RolloutWorker (engine from rollout.engine) and an
 in-process retriever over retrieval.index_dir or retrieval.corpus_path (default:
@@ -57,7 +63,7 @@ from workers.types import TrajectoryBatch
 
 logger = logging.getLogger(__name__)
 
-TOOL_ARGS = ("checkpoint", "split", "limit", "output", "batch_size")
+TOOL_ARGS = ("checkpoint", "split", "limit", "output", "batch_size", "eval_sets")
 """Top-level keys this tool takes besides the Hydra overrides."""
 
 
@@ -70,6 +76,8 @@ class EvalArgs:
     limit: int | None = None
     output: str | None = None
     batch_size: int = 16
+    eval_sets: tuple[str, ...] = ()
+    """Several sets in one call (launch.eval_sets); empty: data.output_dir alone."""
 
 
 def _positive_int(name: str, value: str) -> int:
@@ -91,7 +99,14 @@ def parse_eval_args(tool_args: dict[str, str]) -> EvalArgs:
         checkpoint=tool_args.get("checkpoint") or None, split=split,
         limit=_positive_int("limit", tool_args["limit"]) if "limit" in tool_args else None,
         output=tool_args.get("output") or None,
-        batch_size=_positive_int("batch_size", tool_args["batch_size"]) if "batch_size" in tool_args else 16)
+        batch_size=_positive_int("batch_size", tool_args["batch_size"]) if "batch_size" in tool_args else 16,
+        eval_sets=_set_list(tool_args["eval_sets"]) if "eval_sets" in tool_args else ())
+
+
+def _set_list(value: str) -> tuple[str, ...]:
+    from launch.eval_sets import parse_set_list
+
+    return parse_set_list(value)
 
 
 def find_hf_model(path: Path) -> Path | None:
@@ -212,13 +227,15 @@ def chunks(rows: Sequence[QARow], size: int) -> Iterator[list[QARow]]:
         yield list(rows[start:start + size])
 
 
-def evaluate_rows(runner: Runner, rows: Sequence[QARow], batch_size: int, output: Path) -> EvalResult:
-    """Roll out ``rows`` chunk by chunk, writing each chunk's predictions as it finishes."""
+def evaluate_rows(runner: Runner, rows: Sequence[QARow], batch_size: int, output: Path,
+                  desc: str = "evaluate") -> EvalResult:
+    """Roll out ``rows`` chunk by chunk, writing each chunk's predictions as it finishes;
+    ``desc`` labels the progress bar."""
     from tqdm import tqdm
 
     records: list[EvalRecord] = []
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", encoding="utf-8") as fh, tqdm(total=len(rows), unit="q", desc="evaluate") as bar:
+    with output.open("w", encoding="utf-8") as fh, tqdm(total=len(rows), unit="q", desc=desc) as bar:
         for chunk in chunks(rows, batch_size):
             batch = runner.rollout(chunk)
             result = evaluate_trajectories(batch, [r.question for r in chunk], runner.decode)
@@ -255,6 +272,14 @@ def load_split(cfg: Config, args: EvalArgs) -> list[QARow]:
 
 def evaluate(cfg: Config, args: EvalArgs, use_ray: bool = False) -> int:
     """Evaluate, print the table and the predictions path; 1 on missing data or policy."""
+    if args.eval_sets:
+        from launch.eval_sets import evaluate_sets
+
+        try:
+            return evaluate_sets(cfg, args, use_ray)
+        except (DataError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         model_path = resolve_model(cfg, args.checkpoint)
         rows = load_split(cfg, args)

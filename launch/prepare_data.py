@@ -3,9 +3,13 @@
     python -m launch.prepare_data data=toyworld
     python -m launch.prepare_data data=musique data.input_path=FILE data.output_dir=DIR
     python -m launch.prepare_data data=hotpotqa data.input_path=FILE data.output_dir=DIR
+    python -m launch.prepare_data data=2wiki data.input_path=dev.json data.split=test
+    python -m launch.prepare_data data=bamboogle data.input_path=bamboogle/test.jsonl
+    python -m launch.prepare_data data=flashrag data.name=popqa data.input_path=popqa/test.jsonl
 
 Writes ``DIR/{train,validation,test}.parquet`` (or ``.jsonl`` with ``data.format=jsonl``),
-``DIR/corpus.jsonl`` and ``DIR/summary.json``, and prints the counts. Bad source records
+``DIR/corpus.jsonl`` (not for FlashRAG sets, which ship no corpus) and ``DIR/summary.json``,
+and prints the counts. Bad source records
 are reported with file, line (or record index) and reason, dropped, and counted.
 """
 
@@ -19,7 +23,9 @@ from pathlib import Path
 
 from launch.cli import run_tool
 from workers.config import Config, DataConfig
+from workers.config.checks import data_converter
 from workers.data.corpus import write_corpus_jsonl
+from workers.data.flashrag import convert_flashrag
 from workers.data.hotpotqa import convert_hotpotqa
 from workers.data.musique import Converted, convert_musique
 from workers.data.problems import DataError, ProblemLog
@@ -27,13 +33,15 @@ from workers.data.prompt import INSTRUCTIONS, build_prompt
 from workers.data.rows import SPLITS, write_rows
 from workers.data.sources import iter_json_records
 from workers.data.toyworld import generate
+from workers.data.twowiki import convert_twowiki
 
 logger = logging.getLogger(__name__)
 
 
 def convert(cfg: DataConfig) -> Converted:
     """Rows and passages of the configured dataset."""
-    if cfg.name == "toyworld":
+    kind = data_converter(cfg.name, cfg.converter)
+    if kind == "toyworld":
         records, passages = generate(cfg.toyworld)
         out = convert_musique(((f"toyworld[{i}]", r) for i, r in enumerate(records)),
                               data_source="toyworld")
@@ -43,10 +51,15 @@ def convert(cfg: DataConfig) -> Converted:
     assert cfg.input_path is not None  # validate() guarantees it
     problems = ProblemLog()
     records = iter_json_records(cfg.input_path, problems)
-    if cfg.name == "musique":
-        out = convert_musique(records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    val, test = cfg.val_fraction, cfg.test_fraction
+    if kind == "musique":
+        out = convert_musique(records, val_fraction=val, test_fraction=test, split=cfg.split)
+    elif kind == "hotpotqa":
+        out = convert_hotpotqa(records, val_fraction=val, test_fraction=test, split=cfg.split)
+    elif kind == "2wiki":
+        out = convert_twowiki(records, val_fraction=val, test_fraction=test, split=cfg.split)
     else:
-        out = convert_hotpotqa(records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+        out = convert_flashrag(records, data_source=cfg.name, split=cfg.split or "test")
     out.problems.problems[:0] = problems.problems
     return out
 
@@ -65,8 +78,10 @@ def prepare(cfg: DataConfig) -> dict:
     for split in SPLITS:
         rows = [r for r in out.rows if r.split == split][: cfg.max_rows]
         counts[split] = write_rows(rows, root / f"{split}.{cfg.format}") if rows else 0
-    passages = write_corpus_jsonl(sorted(out.passages.values(), key=lambda p: p.id),
-                                  root / "corpus.jsonl")
+    passages = 0
+    if out.passages:  # FlashRAG sets have none: evaluation searches retrieval.corpus_path instead
+        passages = write_corpus_jsonl(sorted(out.passages.values(), key=lambda p: p.id),
+                                      root / "corpus.jsonl")
     summary = {"dataset": cfg.name, "source": cfg.input_path, "rows": counts,
                "dropped": len(out.problems), "corpus_passages": passages,
                "dropped_examples": [str(p) for p in out.problems.problems[:20]]}

@@ -11,7 +11,7 @@ from workers.config import Config, ConfigError, validate
 
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir())
 PRESETS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
-NEEDS_INPUT = {"musique", "hotpotqa"}
+NEEDS_INPUT = {"musique", "hotpotqa", "2wiki", "bamboogle", "nq", "flashrag"}
 ADDED = {"experiment"}
 """Groups not in the defaults list: selected with ``+group=preset``."""
 
@@ -29,6 +29,8 @@ def test_every_preset_composes_and_validates(group: str, preset: str) -> None:
     overrides = [f"{'+' if group in ADDED else ''}{group}={preset}"]
     if preset in NEEDS_INPUT:
         overrides.append("data.input_path=some/file.json")
+    if preset == "flashrag":
+        overrides.append("data.name=popqa")
     if group == "learner" and preset != "cpu":
         overrides += ["trainer.batch_size=256", "sft.batch_size=64"]
     cfg = load_config(overrides)

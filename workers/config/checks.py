@@ -10,7 +10,8 @@ from workers.config.schema import Config, ConfigError
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "data.name": ("toyworld", "musique", "hotpotqa"),
+    "data.converter": (None, "toyworld", "musique", "hotpotqa", "2wiki", "flashrag"),
+    "data.split": (None, "train", "validation", "test"),
     "data.format": ("parquet", "jsonl"),
     "data.instruction": ("search", "short"),
     "retrieval.method": ("dense", "bm25"),
@@ -28,6 +29,26 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "learner.precision": ("auto", "fp32", "bf16"),
     "model.warm_start": ("none", "sft"),
 }
+
+
+FLASHRAG_SETS = ("bamboogle", "nq", "triviaqa", "popqa")
+"""FlashRAG sets whose ``data.name`` alone picks the flashrag converter."""
+
+
+def data_converter(name: str, converter: str | None) -> str:
+    """The converter for a dataset: ``converter`` when given, else the one ``name`` implies.
+
+    >>> data_converter("2wiki", None), data_converter("nq", None), data_converter("popqa2", "flashrag")
+    ('2wiki', 'flashrag', 'flashrag')
+    """
+    if converter:
+        return converter
+    if name in ("toyworld", "musique", "hotpotqa", "2wiki"):
+        return name
+    if name in FLASHRAG_SETS:
+        return "flashrag"
+    raise ConfigError("data.name", f"unknown dataset {name!r}: use toyworld, musique, hotpotqa, 2wiki, "
+                      f"{', '.join(FLASHRAG_SETS)}, or data=flashrag data.name={name} for a FlashRAG JSONL file")
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -70,9 +91,13 @@ def _validate_model(cfg: Config) -> None:
 
 def _validate_data(cfg: Config) -> None:
     data = cfg.data
-    if data.name in ("musique", "hotpotqa"):
+    _require(bool(data.name) and "/" not in data.name and not data.name.startswith("."), "data.name",
+             f"must be a dataset name (it names the rows' data_source), got {data.name!r}")
+    _require(data.converter != "flashrag" or data.name != "toyworld", "data.name",
+             "data=flashrag needs the set's name (data.name=popqa, ...): it becomes the rows' data_source")
+    if data_converter(data.name, data.converter) != "toyworld":
         _require(bool(data.input_path), "data.input_path",
-                 f"data={data.name} needs the official-format file (data.input_path=FILE)")
+                 f"data={data.name} needs the source file (data.input_path=FILE)")
     for name in ("data.val_fraction", "data.test_fraction",
                  "data.toyworld.val_fraction", "data.toyworld.test_fraction"):
         value = _get(cfg, name)

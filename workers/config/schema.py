@@ -94,7 +94,7 @@ class DataConfig:
     """Which dataset, where it comes from and where the prepared rows go."""
 
     name: str = "toyworld"
-    """Dataset kind: toyworld, musique or hotpotqa."""
+    """Dataset: toyworld, musique, hotpotqa, 2wiki, or a FlashRAG set's name (bamboogle, nq, ...)."""
     input_path: Optional[str] = None
     """Official-format source file (musique, hotpotqa); toyworld needs none."""
     output_dir: str = "data/${data.name}"
@@ -112,6 +112,10 @@ class DataConfig:
     instruction: str = "search"
     """User message of every row: search (the StepSearch/Search-R1 instruction) or short (the
     protocol in one line, for tiny policies trained from scratch)."""
+    converter: Optional[str] = None
+    """Source format of input_path: toyworld, musique, hotpotqa, 2wiki or flashrag; None: from name."""
+    split: Optional[str] = None
+    """Put every row in this split (train, validation, test); None: hash split (flashrag: test)."""
 
 
 @dataclass
