@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from launch.cli import run_tool
-from workers.config import Config, DataConfig
+from workers.config import Config, ConfigError, DataConfig
 from workers.data.corpus import write_corpus_jsonl
 from workers.data.hotpotqa import convert_hotpotqa
 from workers.data.musique import Converted, convert_musique
@@ -38,7 +38,8 @@ def convert(cfg: DataConfig) -> Converted:
         for passage in passages:
             out.add_passage(passage)
         return out
-    assert cfg.input_path is not None  # validate() guarantees it
+    if not cfg.input_path:  # only this tool reads the source file; training reads the prepared rows
+        raise ConfigError("data.input_path", f"data={cfg.name} needs the official-format file (data.input_path=FILE)")
     problems = ProblemLog()
     records = iter_json_records(cfg.input_path, problems)
     if cfg.name == "musique":
