@@ -146,11 +146,12 @@ def test_the_tiny_cpu_job_needs_four_cpus_and_no_memory_check() -> None:
 
 
 def test_cluster_shape_from_ray_nodes_keeps_alive_nodes_gpu_nodes_first() -> None:
-    nodes = [{"Alive": True, "Resources": {"CPU": 8.0}},
-             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},
-             {"Alive": True, "Resources": {"CPU": 32.0, "GPU": 4.0}}]
+    nodes = [{"NodeID": "head", "Alive": True, "Resources": {"CPU": 8.0}},
+             {"NodeID": "dead", "Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},
+             {"NodeID": "gpu", "Alive": True, "Resources": {"CPU": 32.0, "GPU": 4.0}}]
     shape = ClusterShape.from_ray_nodes(nodes, 80.0)
-    assert [(n.gpus, n.cpus) for n in shape.nodes] == [(4.0, 32.0), (0.0, 8.0)] and shape.gpus == 4.0
+    assert [(n.gpus, n.cpus, n.node_id) for n in shape.nodes] == [(4.0, 32.0, "gpu"), (0.0, 8.0, "head")]
+    assert shape.gpus == 4.0
 
 
 def _plan_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -171,3 +172,14 @@ def test_cli_prints_the_table_and_ends_with_the_verdict() -> None:
     assert verdict["fits"] is False and "learner.num_ranks" in verdict["reason"]
     bad = _plan_cli("plan.nodes=0")
     assert bad.returncode == 2 and "plan.nodes" in bad.stderr
+
+
+def test_the_rehearsal_shrink_of_the_3b_preset_places_on_two_simulated_nodes() -> None:
+    # Issue 21's rehearsal: the preset with the tiny model and toyworld, on 2 nodes x 4 declared GPUs.
+    cfg = load_config(["+experiment=stepsearch_3b", "model=tiny", "data=toyworld", "retrieval=minilm_flat"])
+    assert (cfg.cluster.placement, cfg.retrieval.replicas, cfg.rollout.tensor_parallel_size) == ("colocated",
+                                                                                             "per_node", 4)
+    plan = check_plan(cfg, ClusterShape.uniform(2, 4, 40, None))  # declared GPUs: resources only
+    assert plan.memory is None and [a.node for a in plan.placement.of("retrieval")] == [0, 1]
+    short = make_plan(cfg, ClusterShape.uniform(2, 4, 16, None))
+    assert short.field_name == "learner.num_cpus_per_rank" and "8 bundles of {GPU: 1, CPU: 6}" in short.reason

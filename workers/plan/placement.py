@@ -152,23 +152,32 @@ def gpu_share(cfg: Config) -> float:
     return 1.0 / roles
 
 
+def _demand_parts(cfg: Config, shape: ClusterShape) -> str:
+    r, ro, ln = cfg.retrieval, cfg.rollout, cfg.learner
+    services = (f"retrieval {_retrieval_count(cfg, shape)} x ({r.num_gpus:g} GPU, {r.num_cpus:g} CPU), "
+                f"reward {cfg.reward.num_workers} x 1 CPU")
+    if cfg.cluster.placement == "colocated":
+        return f"{_shared_bundle_count(cfg)} bundles of {{GPU: 1, CPU: {_bundle_cpus(cfg):g}}}, {services}"
+    return (f"learner {ln.num_ranks} x {learner_sets(cfg)} x ({ln.num_gpus_per_rank:g} GPU, "
+            f"{ln.num_cpus_per_rank:g} CPU), rollout {ro.num_workers} x ({ro.num_gpus_per_worker:g} GPU, "
+            f"{ro.num_cpus_per_worker:g} CPU), {services}")
+
+
 def _demand_reason(cfg: Config, shape: ClusterShape) -> Optional[tuple[str, str]]:
     need = total_demand(cfg, shape)
     have = {"GPU": shape.gpus, "CPU": sum(n.cpus for n in shape.nodes)}
     ro, ln = cfg.rollout, cfg.learner
     for kind in ("GPU", "CPU"):
         if need[kind] > have[kind] + EPS:
-            if cfg.cluster.placement == "colocated" and kind == "GPU":
-                field_name = "learner.num_ranks" if ln.num_ranks >= ro.num_workers * ro.tensor_parallel_size \
-                    else "rollout.num_workers"
+            if cfg.cluster.placement == "colocated":
+                field_name = "learner.num_cpus_per_rank" if kind == "CPU" else (
+                    "learner.num_ranks" if ln.num_ranks >= ro.num_workers * ro.tensor_parallel_size
+                    else "rollout.num_workers")
             else:
                 field_name = "rollout.num_workers" if kind == "CPU" else "rollout.num_gpus_per_worker"
-            parts = (f"retrieval {_retrieval_count(cfg, shape)} x {cfg.retrieval.num_gpus:g} GPU, rollout "
-                     f"{ro.num_workers} x tensor_parallel_size {ro.tensor_parallel_size}, reward "
-                     f"{cfg.reward.num_workers}, learner ranks {ln.num_ranks} x {learner_sets(cfg)}")
-            return field_name, (f"the job needs {need[kind]:g} {kind} ({cfg.cluster.placement} placement: {parts}) "
-                                f"but the cluster has {have[kind]:g}; lower {field_name} (or the other counts) "
-                                f"or add nodes (plan.nodes)")
+            return field_name, (f"the job needs {need[kind]:g} {kind} ({cfg.cluster.placement} placement: "
+                                f"{_demand_parts(cfg, shape)}) but the cluster has {have[kind]:g}; lower "
+                                f"{field_name} (or the other counts) or add nodes (plan.nodes)")
     return None
 
 

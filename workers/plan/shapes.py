@@ -27,6 +27,8 @@ class NodeShape:
     """GPUs Ray schedules on this node."""
     cpus: float
     """CPU slots Ray schedules on this node."""
+    node_id: str = ""
+    """Ray's node id when the shape comes from ``ray.nodes()`` (maps a plan's node index to a node)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,12 @@ class ClusterShape:
     def from_ray_nodes(cls, ray_nodes: Sequence[Mapping[str, Any]],
                        gpu_memory_gib: Optional[float] = None) -> ClusterShape:
         """From ``ray.nodes()``: the alive nodes, GPU nodes first (the placement fills them first)."""
-        alive = [n.get("Resources", {}) for n in ray_nodes if n.get("Alive", True)]
-        shapes = [NodeShape(float(r.get("GPU", 0.0)), float(r.get("CPU", 0.0))) for r in alive]
+        shapes = []
+        for node in ray_nodes:
+            if node.get("Alive", True):
+                res = node.get("Resources", {})
+                shapes.append(NodeShape(float(res.get("GPU", 0.0)), float(res.get("CPU", 0.0)),
+                                        str(node.get("NodeID", ""))))
         shapes.sort(key=lambda n: -n.gpus)
         return cls(tuple(shapes), gpu_memory_gib)
 
