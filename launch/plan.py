@@ -4,7 +4,7 @@
     python -m launch.plan +experiment=stepsearch_7b plan.gpus_per_node=4 plan.gpu_memory_gib=24   # refused
 
 Takes the same overrides as ``launch.train`` plus ``plan.nodes`` (1), ``plan.gpus_per_node``
-(8), ``plan.cpus_per_node`` (64) and ``plan.gpu_memory_gib`` (80). Prints each actor group
+(8), ``plan.cpus_per_node`` (64) and ``plan.gpu_memory_gib`` (80; 0 checks resources only). Prints each actor group
 (count, GPUs and CPUs per actor, node:bundle), the memory estimate (docs/cluster.md), and
 as its last line one JSON object ``{"fits", "nodes", "gpus", "peak_gpu_memory_gib",
 "reason"}``. Exit code 0 when the job fits, 2 when it does not (the reason names the

@@ -183,3 +183,13 @@ def test_the_rehearsal_shrink_of_the_3b_preset_places_on_two_simulated_nodes() -
     assert plan.memory is None and [a.node for a in plan.placement.of("retrieval")] == [0, 1]
     short = make_plan(cfg, ClusterShape.uniform(2, 4, 16, None))
     assert short.field_name == "learner.num_cpus_per_rank" and "8 bundles of {GPU: 1, CPU: 6}" in short.reason
+
+
+def test_an_http_retrieval_backend_starts_no_retrieval_actors() -> None:
+    from workers.plan import format_plan
+
+    cfg = load_config(["+experiment=stepsearch_3b", "retrieval.backend=http",
+                       "retrieval.url=http://127.0.0.1:8000/retrieve"])
+    plan = make_plan(cfg, ONE_NODE)
+    assert plan.fits and not plan.placement.of("retrieval")
+    assert "the server at http://127.0.0.1:8000/retrieve" in format_plan(cfg, plan)

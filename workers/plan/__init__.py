@@ -139,6 +139,8 @@ def _placement_lines(cfg: Config, plan: Plan) -> list[str]:
         gpu = f"{len(a.bundles)} x {a.gpus_per_bundle:g}" if len(a.bundles) > 1 else f"{a.gpus_per_bundle:g}"
         where = " ".join(f"{x.node}:{_span(x.bundles)}" for x in actors)
         lines.append(f"  {name:<10}{len(actors):>6}  {gpu:<18}{a.cpus:>5g}  {where}")
+    if cfg.retrieval.backend == "http":
+        lines.append(f"  retrieval: the server at {cfg.retrieval.url} (retrieval.backend=http), no actors")
     return lines
 
 
