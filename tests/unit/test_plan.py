@@ -193,3 +193,13 @@ def test_an_http_retrieval_backend_starts_no_retrieval_actors() -> None:
     plan = make_plan(cfg, ONE_NODE)
     assert plan.fits and not plan.placement.of("retrieval")
     assert "the server at http://127.0.0.1:8000/retrieve" in format_plan(cfg, plan)
+
+
+def test_the_readme_paper_command_is_refused_for_its_retrieval_gpu() -> None:
+    # retrieval=e5_gpu asks for a GPU beside the 8 shared bundles: the plan names that setting.
+    cfg = load_config(["model=qwen2.5-3b", "data=musique", "retrieval=e5_gpu", "rollout=gpu", "learner=zero3_gpu",
+                       "trainer=paper", "cluster=gpu_node"])
+    plan = make_plan(cfg, ONE_NODE)
+    assert plan.field_name == "retrieval.num_gpus" and plan.gpus == 9
+    assert make_plan(load_config(["+experiment=stepsearch_3b", "retrieval.num_gpus=1"]),
+                     ONE_NODE).field_name == "retrieval.num_gpus"

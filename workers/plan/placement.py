@@ -171,7 +171,8 @@ def _demand_reason(cfg: Config, shape: ClusterShape) -> Optional[tuple[str, str]
         if need[kind] > have[kind] + EPS:
             if cfg.cluster.placement == "colocated":
                 field_name = "learner.num_cpus_per_rank" if kind == "CPU" else (
-                    "learner.num_ranks" if ln.num_ranks >= ro.num_workers * ro.tensor_parallel_size
+                    "retrieval.num_gpus" if _shared_bundle_count(cfg) <= have["GPU"] + EPS
+                    else "learner.num_ranks" if ln.num_ranks >= ro.num_workers * ro.tensor_parallel_size
                     else "rollout.num_workers")
             else:
                 field_name = "rollout.num_workers" if kind == "CPU" else "rollout.num_gpus_per_worker"
