@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from launch.cli import run_tool
-from workers.config import Config, DataConfig
+from workers.config import Config, ConfigError, DataConfig
 from workers.config.checks import data_converter
 from workers.data.corpus import write_corpus_jsonl
 from workers.data.flashrag import convert_flashrag
@@ -48,7 +48,8 @@ def convert(cfg: DataConfig) -> Converted:
         for passage in passages:
             out.add_passage(passage)
         return out
-    assert cfg.input_path is not None  # validate() guarantees it
+    if not cfg.input_path:  # only this tool reads the source file; training reads the prepared rows
+        raise ConfigError("data.input_path", f"data={cfg.name} needs the official-format file (data.input_path=FILE)")
     problems = ProblemLog()
     records = iter_json_records(cfg.input_path, problems)
     val, test = cfg.val_fraction, cfg.test_fraction

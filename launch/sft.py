@@ -48,10 +48,15 @@ logger = logging.getLogger("launch.sft")
 
 
 def sft_learner_config(cfg: Config) -> LearnerConfig:
-    """The learner for SFT: policy only (no critic, no reference), SFT's rates and batches."""
+    """The learner for SFT: policy only (no critic, no reference), SFT's rates and batches.
+
+    ``sft.micro_batch_size`` is an upper bound: a rank's share of ``sft.batch_size`` may be
+    smaller (16 trajectories over 8 GPU ranks are 2 a rank)."""
+    micro = min(cfg.sft.micro_batch_size, cfg.sft.batch_size // cfg.learner.num_ranks)
     return replace(cfg.learner, advantage_estimator="grpo", kl_coef=0.0, use_kl_loss=False,
                    actor_lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, lr_schedule=cfg.sft.lr_schedule,
-                   mini_batch_size=cfg.sft.batch_size, micro_batch_size=cfg.sft.micro_batch_size)
+                   actor_warmup_ratio=None, critic_warmup_ratio=None,
+                   mini_batch_size=cfg.sft.batch_size, micro_batch_size=micro)
 
 
 def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: Any,

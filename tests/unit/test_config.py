@@ -32,7 +32,7 @@ def test_every_preset_composes_and_validates(group: str, preset: str) -> None:
     if preset == "flashrag":
         overrides.append("data.name=popqa")
     if group == "learner" and preset != "cpu":
-        overrides += ["trainer.batch_size=256", "sft.batch_size=64"]
+        overrides += ["trainer.batch_size=256"]
     cfg = load_config(overrides)
     assert isinstance(cfg, Config)
     if group in ("reward", "model", "cluster"):
@@ -65,7 +65,15 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["learner.mini_batch_size=6"], "learner.micro_batch_size"),
     (["learner.num_ranks=3"], "learner.mini_batch_size"),
     (["learner.advantage_estimator=grpo"], "rollout.n_samples"),
-    (["data=musique"], "data.input_path"),
+    (["cluster.placement=mixed"], "cluster.placement"),
+    (["retrieval.replicas=per_gpu"], "retrieval.replicas"),
+    (["retrieval.backend=http"], "retrieval.url"),
+    (["retrieval.backend=http", "retrieval.url=localhost:8000"], "retrieval.url"),
+    (["rollout.sleep_level=1"], "rollout.sleep_level"),
+    (["learner.actor_warmup_ratio=1.5"], "learner.actor_warmup_ratio"),
+    (["learner.logprob_micro_batch_size=0"], "learner.logprob_micro_batch_size"),
+    (["learner.num_ranks=8", "learner.micro_batch_size=1", "sft.batch_size=12"], "sft.batch_size"),
+    (["sft.micro_batch_size=3"], "sft.micro_batch_size"),
     (["retrieval.topk=0"], "retrieval.topk"),
     (["server.port=70000"], "server.port"),
     (["data.toyworld.hops=[5]"], "data.toyworld.hops"),
@@ -138,3 +146,50 @@ def test_the_quick_start_is_the_default_and_the_learning_preset_is_unchanged_by_
     learning = load_config(["+experiment=toyworld_learning"])
     assert learning.model.warm_start == "none"  # composed on trainer=tiny, as before the quick start
     assert learning.data.toyworld.hops == [2, 3, 4] and learning.trainer.eval_size == 128
+
+
+
+PAPER_COMMAND = ["model=qwen2.5-3b", "data=musique", "retrieval=e5_gpu", "rollout=gpu", "learner=zero3_gpu",
+                 "trainer=paper", "cluster=gpu_node"]
+"""The README's paper command (issue 21): it stopped at data.input_path and sft.batch_size."""
+
+
+def test_the_readme_paper_command_composes_and_validates() -> None:
+    cfg = load_config(PAPER_COMMAND)
+    assert cfg.data.name == "musique" and cfg.data.input_path is None  # trains from data.output_dir
+    assert cfg.learner.num_ranks == 8 and cfg.sft.batch_size == 16  # 2 trajectories a rank
+    assert cfg.cluster.placement == "colocated"
+
+
+def test_prepare_data_alone_needs_the_input_path(capsys: pytest.CaptureFixture[str]) -> None:
+    from launch.cli import run_tool
+    from launch.prepare_data import main as prepare_main
+
+    assert run_tool(prepare_main, ["data=musique"]) == 2
+    assert "data.input_path" in capsys.readouterr().err
+
+
+def test_sft_micro_batches_are_capped_at_a_ranks_share() -> None:
+    from launch.sft import sft_learner_config
+
+    cfg = load_config(["learner.num_ranks=8", "learner.micro_batch_size=1", "sft.batch_size=16",
+                       "sft.micro_batch_size=8"])
+    assert sft_learner_config(cfg).micro_batch_size == 2
+    assert sft_learner_config(load_config()).micro_batch_size == 8  # one rank: unchanged
+
+
+@pytest.mark.parametrize("size", ["3b", "7b"])
+def test_the_release_presets_carry_the_release_settings(size: str) -> None:
+    cfg = load_config([f"+experiment=stepsearch_{size}"])
+    assert cfg.model.path == f"Qwen/Qwen2.5-{size.upper()}" and cfg.data.name == "musique"
+    assert cfg.cluster.placement == "colocated" and cfg.learner.num_ranks == 8
+    ro, ln, tr = cfg.rollout, cfg.learner, cfg.trainer
+    assert (ro.num_workers * ro.tensor_parallel_size, ro.tensor_parallel_size, ro.temperature) == (8, 4, 1.0)
+    assert (ro.max_turns, ro.max_action_tokens, ro.max_obs_tokens, ro.max_prompt_tokens) == (5, 800, 800, 4096)
+    assert (tr.batch_size, ro.n_samples, ln.mini_batch_size, tr.total_steps) == (128, 1, 32, 1120)
+    assert ln.micro_batch_size * ln.num_ranks == 16 and ln.logprob_micro_batch_size * ln.num_ranks == 16
+    assert (ln.actor_lr, ln.critic_lr, ln.actor_warmup_ratio, ln.critic_warmup_ratio) == (5e-7, 5e-7, 0.285, 0.05)
+    assert ln.gradient_checkpointing and ln.advantage_estimator == "gae" and not ln.use_kl_loss
+    assert (ln.kl_coef, tr.critic_warmup_steps, tr.eval_every, tr.save_every) == (0.001, 0, 60, 60)
+    assert (cfg.retrieval.topk, cfg.retrieval.encoder, cfg.retrieval.replicas) == (3, "intfloat/e5-base-v2", "per_node")
+    assert ro.gpu_memory_utilization == (0.6 if size == "3b" else 0.45)  # 7B: our choice (launch.plan)

@@ -28,6 +28,10 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "learner.engine": ("deepspeed", "torch"),
     "learner.precision": ("auto", "fp32", "bf16"),
     "model.warm_start": ("none", "sft"),
+    "cluster.placement": ("colocated", "separate"),
+    "retrieval.replicas": ("fixed", "per_node"),
+    "retrieval.backend": ("actor", "http"),
+    "rollout.sleep_level": (0, 1, 2),
 }
 
 
@@ -90,14 +94,11 @@ def _validate_model(cfg: Config) -> None:
 
 
 def _validate_data(cfg: Config) -> None:
-    data = cfg.data
+    data = cfg.data  # data.input_path is checked by launch.prepare_data, the one tool that reads it
     _require(bool(data.name) and "/" not in data.name and not data.name.startswith("."), "data.name",
              f"must be a dataset name (it names the rows' data_source), got {data.name!r}")
     _require(data.converter != "flashrag" or data.name != "toyworld", "data.name",
              "data=flashrag needs the set's name (data.name=popqa, ...): it becomes the rows' data_source")
-    if data_converter(data.name, data.converter) != "toyworld":
-        _require(bool(data.input_path), "data.input_path",
-                 f"data={data.name} needs the source file (data.input_path=FILE)")
     for name in ("data.val_fraction", "data.test_fraction",
                  "data.toyworld.val_fraction", "data.toyworld.test_fraction"):
         value = _get(cfg, name)
@@ -133,6 +134,20 @@ def _validate_runtime(cfg: Config) -> None:
     _require(0.0 < cfg.rollout.top_p <= 1.0, "rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}")
     _require(0.0 < cfg.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization",
              f"must be in (0, 1], got {cfg.rollout.gpu_memory_utilization}")
+    _validate_placement(cfg)
+
+
+def _validate_placement(cfg: Config) -> None:
+    retrieval = cfg.retrieval
+    if retrieval.backend == "http":
+        url = retrieval.url or ""
+        _require(url.startswith(("http://", "https://")), "retrieval.url",
+                 f"retrieval.backend=http needs an http(s) endpoint such as "
+                 f"http://127.0.0.1:8000/retrieve, got {url!r}")
+    _positive(cfg, "retrieval.http_timeout_s")
+    _non_negative(cfg, "retrieval.http_retries")
+    _require(cfg.rollout.sleep_level == 0 or cfg.cluster.placement == "colocated", "rollout.sleep_level",
+             "engines sleep only to share their GPUs: set cluster.placement=colocated or rollout.sleep_level=0")
 
 
 def _validate_learner(cfg: Config) -> None:
@@ -146,6 +161,11 @@ def _validate_learner(cfg: Config) -> None:
         _require(0.0 <= value <= 1.0, name, f"must be in [0, 1], got {value}")
     _require(learner.dual_clip is None or learner.dual_clip > 1.0, "learner.dual_clip",
              f"must be > 1 or null, got {learner.dual_clip}")
+    for name in ("learner.actor_warmup_ratio", "learner.critic_warmup_ratio"):
+        ratio = _get(cfg, name)
+        _require(ratio is None or 0.0 <= ratio < 1.0, name, f"must be in [0, 1) or null, got {ratio}")
+    _require(learner.logprob_micro_batch_size is None or learner.logprob_micro_batch_size > 0,
+             "learner.logprob_micro_batch_size", f"must be > 0 or null, got {learner.logprob_micro_batch_size}")
     per_rank, rem = divmod(learner.mini_batch_size, learner.num_ranks)
     _require(rem == 0, "learner.mini_batch_size",
              f"{learner.mini_batch_size} does not split over learner.num_ranks={learner.num_ranks}")
@@ -159,6 +179,17 @@ def _validate_learner(cfg: Config) -> None:
     samples = cfg.trainer.batch_size * cfg.rollout.n_samples
     _require(samples % learner.mini_batch_size == 0, "learner.mini_batch_size",
              f"{learner.mini_batch_size} does not divide trainer.batch_size x rollout.n_samples = {samples}")
+
+
+def _validate_sft_batches(cfg: Config) -> None:
+    """``sft.micro_batch_size`` caps a rank's pass; a rank's share of the batch may be smaller."""
+    per_rank, rem = divmod(cfg.sft.batch_size, cfg.learner.num_ranks)
+    _require(rem == 0 and per_rank > 0, "sft.batch_size",
+             f"{cfg.sft.batch_size} does not split over learner.num_ranks={cfg.learner.num_ranks}")
+    micro = min(cfg.sft.micro_batch_size, per_rank)
+    _require(per_rank % micro == 0, "sft.micro_batch_size",
+             f"{cfg.sft.micro_batch_size} does not divide a rank's share {per_rank} of sft.batch_size "
+             f"{cfg.sft.batch_size} (learner.num_ranks={cfg.learner.num_ranks})")
 
 
 def validate(cfg: Config) -> Config:
@@ -181,7 +212,5 @@ def validate(cfg: Config) -> Config:
         _positive(cfg, "learner.num_threads")
     _positive(cfg, "sft.epochs", "sft.lr", "sft.batch_size", "sft.micro_batch_size", "sft.steps_per_call")
     _non_negative(cfg, "sft.warmup_steps", "sft.eval_every", "sft.first_search_steps")
-    _require(cfg.sft.batch_size % (cfg.sft.micro_batch_size * cfg.learner.num_ranks) == 0, "sft.micro_batch_size",
-             f"sft.batch_size {cfg.sft.batch_size} must split into micro-batches of {cfg.sft.micro_batch_size} "
-             f"on each of learner.num_ranks={cfg.learner.num_ranks}")
+    _validate_sft_batches(cfg)
     return cfg

@@ -173,6 +173,17 @@ class RetrievalConfig:
     search_timeout_s: float = 300.0
     """Longest wait for one search call through the Ray replicas; a replica that exceeds it is
     killed (Ray restarts it) and the search is sent again."""
+    replicas: str = "fixed"
+    """fixed: retrieval.num_replicas actors anywhere; per_node: one on each node, and rollout
+    workers call the replica on their own node."""
+    backend: str = "actor"
+    """actor: retrieval actors in the job; http: an existing Search-R1-compatible server at retrieval.url."""
+    url: Optional[str] = None
+    """Endpoint for backend=http, e.g. http://127.0.0.1:8000/retrieve (Search-R1's retriever.url)."""
+    http_timeout_s: float = 30.0
+    """Timeout of one HTTP request (backend=http)."""
+    http_retries: int = 3
+    """Retries with exponential backoff after a failed HTTP request (backend=http)."""
 
 
 @dataclass
@@ -237,6 +248,9 @@ class RolloutConfig:
     """Samples per prompt (groups for GRPO-style advantages)."""
     seed: int = 0
     """Sampling seed."""
+    sleep_level: int = 0
+    """vLLM sleep mode while the learner trains (colocated placement, GPU only): 0 off, 1 weights
+    to CPU and KV cache freed, 2 both freed (the weight sync reloads them)."""
 
 
 @dataclass
@@ -338,6 +352,12 @@ class LearnerConfig:
     faster than fp32."""
     colocate_critic: bool = True
     """Run the critic in the policy's ranks (one process per rank) instead of its own ranks."""
+    actor_warmup_ratio: Optional[float] = None
+    """Policy LR warmup as a fraction of the run's optimizer steps; overrides warmup_steps when set."""
+    critic_warmup_ratio: Optional[float] = None
+    """Critic LR warmup as a fraction of the run's optimizer steps; overrides warmup_steps when set."""
+    logprob_micro_batch_size: Optional[int] = None
+    """Samples per no-grad forward pass on one rank (old/reference log-probs, values); None: micro_batch_size."""
 
 
 @dataclass
@@ -356,6 +376,11 @@ class ClusterConfig:
     """Bind a local cluster and vLLM to 127.0.0.1 (DESIGN.md 5); off on real clusters."""
     namespace: str = "stepsearch"
     """Ray namespace of the job's named actors."""
+    placement: str = "separate"
+    """colocated: one placement group with a {GPU: 1, CPU: k} bundle per GPU that engines and
+    learner ranks share (workers.plan); separate: each role on GPUs of its own."""
+    gpu_memory_gib: Optional[float] = None
+    """Memory of one GPU for the plan's memory check before a job starts (None: resources only)."""
 
 
 @dataclass
@@ -419,7 +444,7 @@ class SFTConfig:
     batch_size: int = 16
     """Trajectories per optimizer step (over all ranks)."""
     micro_batch_size: int = 8
-    """Trajectories per forward/backward pass on one rank."""
+    """Trajectories per forward/backward pass on one rank, at most (capped at the rank's share of batch_size)."""
     steps_per_call: int = 10
     """Optimizer steps per call to the learner (fewer round trips; progress is shown per call)."""
     eval_every: int = 200
