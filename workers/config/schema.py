@@ -211,6 +211,11 @@ class RolloutConfig:
     """Samples per prompt (groups for GRPO-style advantages)."""
     seed: int = 0
     """Sampling seed."""
+    weight_sync: str = "object_store"
+    """How new weights reach the engines: broadcast (one collective from learner rank 0 to
+    every vLLM worker, issue 22; the hf engine or num_workers=0 fall back) or object_store."""
+    weight_sync_timeout_s: float = 60.0
+    """Timeout of one weight-broadcast step; an engine dead mid-broadcast costs at most this."""
 
 
 @dataclass
@@ -310,6 +315,8 @@ class LearnerConfig:
     faster than fp32."""
     colocate_critic: bool = True
     """Run the critic in the policy's ranks (one process per rank) instead of its own ranks."""
+    sync_bucket_mb: float = 256.0
+    """Size of one weight-broadcast bucket in MiB (parameters gathered and sent together)."""
 
 
 @dataclass
