@@ -109,9 +109,10 @@ def test_a_killed_engine_rejoins_and_catches_up(setup: dict) -> None:
     os.kill(victim, signal.SIGKILL)
     rollout.sync_broadcast(version=3)  # the dead engine is left behind, the other is synced
     np.testing.assert_allclose(_engine_logprobs(rollout.actors[1]), expected, atol=1e-3, rtol=0)
-    batch = ray.get(rollout.rollout(setup["rows"][:8], seed=1))  # catches up before its chunk
+    batch = ray.get(rollout.rollout(setup["rows"][:8], seed=1))  # the live engine alone may do it
     assert batch.policy_version == 3
-    assert victim not in rollout.pids()
+    assert victim not in rollout.pids()  # waits for the restart
+    ray.get(rollout.rollout(setup["rows"][:8], seed=1))  # the restarted one catches up before its chunk
     assert ray.get([a.version.remote() for a in rollout.actors]) == [3, 3]
     np.testing.assert_allclose(_engine_logprobs(rollout.actors[0]), expected, atol=1e-3, rtol=0)
 
@@ -139,7 +140,8 @@ def test_an_engine_killed_during_a_broadcast_does_not_hang_the_step(setup: dict)
     assert time.monotonic() - started < 4 * TIMEOUT_S + 60
     np.testing.assert_allclose(_engine_logprobs(rollout.actors[0]), expected, atol=1e-3, rtol=0)
     rollout.use_broadcast(BroadcastSync(learner, TIMEOUT_S))
-    ray.get(rollout.rollout(setup["rows"][8:12], seed=2))
+    assert victim not in rollout.pids()  # waits for the restart
+    ray.get(rollout.rollout(setup["rows"][8:16], seed=2))  # the restarted one catches up first
     assert ray.get([a.version.remote() for a in rollout.actors]) == [4, 4]
     np.testing.assert_allclose(_engine_logprobs(rollout.actors[1]), expected, atol=1e-3, rtol=0)
 
