@@ -171,7 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed syncs per method (after one warm-up)")
     parser.add_argument("--bucket-mb", type=float, default=LearnerConfig.sync_bucket_mb,
                         help="learner.sync_bucket_mb")
-    parser.add_argument("--workdir", default=None, help="data and models (default: .cache/bench_weight_sync)")
+    parser.add_argument("--workdir", default=None, help="data and models (default: a reused dir under the temp dir)")
     return parser.parse_args(argv)
 
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from actors.cluster import init_ray
     from workers.config import ClusterConfig
 
-    workdir = Path(args.workdir or ".cache/bench_weight_sync")
+    workdir = Path(args.workdir or os.path.join(tempfile.gettempdir(), "stepsearch-bench-weight-sync"))
     workdir.mkdir(parents=True, exist_ok=True)
     path = model_path(args, workdir)
     init_ray(ClusterConfig(num_cpus=4, loopback=True), logging_level="WARNING")
