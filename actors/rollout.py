@@ -5,7 +5,11 @@ chunks of prompts to whichever actor is free (balanced by work left, not round-r
 returns one ``TrajectoryBatch`` ObjectRef assembled next to the data (the driver never
 holds the tensors), and survives an actor's death: Ray restarts the actor, the chunk it
 lost is re-run, and the restarted actor loads the current weights before generating
-(every call carries the wanted policy version and a reference to its weights).
+(every call carries the wanted policy version and, on the object-store path, a reference
+to its weights). With a weight broadcast attached (``use_broadcast``, issue 22) new
+weights come by one collective from learner rank 0, and an actor behind the group's
+version (restarted, or failed a broadcast) is caught up by a broadcast of its own before
+its next chunk.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ class RolloutActor(RolloutWorker):
     def pid(self) -> int:
         return os.getpid()
 
+    def version(self) -> int:
+        return self.policy_version
+
 
 @ray.remote(num_cpus=0)
 def _concat(*batches: TrajectoryBatch) -> TrajectoryBatch:
@@ -86,6 +93,8 @@ class RolloutGroup:
         kwargs = {"topk": topk, "dtype": dtype, "trust_remote_code": trust_remote_code}
         self._local: RolloutWorker | None = None
         self._last_metrics: dict[str, float] = {}
+        self._broadcast: Any = None  # actors.weight_sync.BroadcastSync when attached
+        self._stale: list[Any] = []
         self.actors: list[Any] = []
         if cfg.num_workers == 0:
             self._local = RolloutWorker(*args, **kwargs)  # type: ignore[arg-type]
@@ -113,14 +122,26 @@ class RolloutGroup:
         running: dict[Any, tuple[int, Any, Any]] = {}
         statuses: list[dict[str, float]] = []
         idle = list(self.actors)
+        benched: list[Any] = []  # behind the version and not caught up yet (restarting)
+        self._find_stale()
         while todo or running:
             while todo and idle:
-                i, actor = todo.pop(0), idle.pop(0)
+                actor = idle.pop(0)
+                if not self._caught_up(actor):
+                    benched.append(actor)
+                    continue
+                i = todo.pop(0)
                 attempts[i] += 1
                 chunk_seed = None if seed is None else seed + i
                 status, batch = actor.rollout_at.options(num_returns=2).remote(
                     chunks[i], self.version, [self._weights_ref], greedy, chunk_seed)
                 running[status] = (i, actor, batch)
+            if not running:  # every actor is behind: wait for a restart, then catch up
+                if not benched:
+                    raise RuntimeError("no rollout actor can take a chunk")
+                time.sleep(2.0)
+                idle, benched = benched, []
+                continue
             done, _ = ray.wait(list(running), num_returns=1)
             i, actor, batch = running.pop(done[0])
             try:
@@ -130,6 +151,8 @@ class RolloutGroup:
                     raise RuntimeError(f"rollout chunk {i} failed {attempts[i]} times") from exc
                 logger.warning("rollout actor lost chunk %d (%s); re-running it", i, type(exc).__name__)
                 todo.insert(0, i)
+                if self._broadcast is not None:
+                    self._stale.append(actor)
             else:
                 results[i] = batch
             idle.append(actor)
@@ -144,6 +167,60 @@ class RolloutGroup:
                                        else weights_ref, version)
             return
         ray.get([a.update_weights.remote(weights_ref, version) for a in self.actors])
+
+    @property
+    def broadcasting(self) -> bool:
+        """True when new weights come by broadcast (``use_broadcast``)."""
+        return self._broadcast is not None
+
+    def use_broadcast(self, sync: Any) -> bool:
+        """Take new weights by broadcast through ``sync`` (``actors.weight_sync.BroadcastSync``).
+
+        Only vLLM engines in actors can join the group; otherwise (hf engine, in-process
+        worker) the object-store path stays and this returns False."""
+        if self._broadcast is not None:
+            self._broadcast.close()
+            self._broadcast = None
+        if not self.actors or self.cfg.engine != "vllm":
+            logger.info("weight broadcast needs vLLM rollout actors: using the object store")
+            return False
+        self._broadcast = sync
+        return True
+
+    def sync_broadcast(self, version: int) -> None:
+        """Bring every actor to ``version`` by one broadcast from learner rank 0; actors that
+        miss it (dead, restarting) catch up before their next chunk."""
+        assert self._broadcast is not None, "sync_broadcast without use_broadcast"
+        self._weights_ref, self.version = None, version
+        self._stale = self._broadcast.sync(version, self.actors)
+        if self._stale:
+            logger.warning("%d rollout actors missed the weight broadcast of version %d; they "
+                           "catch up before their next chunk", len(self._stale), version)
+
+    def _find_stale(self) -> None:
+        """Broadcast mode: note actors whose version is not the group's (restarted since)."""
+        if self._broadcast is None:
+            return
+        refs = [a.version.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=5.0)
+        for actor, ref in zip(self.actors, refs, strict=True):
+            try:
+                behind = ref not in ready or ray.get(ref) != self.version
+            except RayActorError:
+                behind = True
+            if behind and not any(actor is a for a in self._stale):
+                self._stale.append(actor)
+
+    def _caught_up(self, actor: Any) -> bool:
+        """Broadcast mode: a stale actor gets the current weights by a broadcast of its own."""
+        if not any(actor is a for a in self._stale):
+            return True
+        assert self._broadcast is not None
+        if self._broadcast.sync(self.version, [actor]):
+            return False
+        self._stale = [a for a in self._stale if a is not actor]
+        logger.info("a rollout actor caught up with version %d", self.version)
+        return True
 
     def metrics(self) -> dict[str, float]:
         """Metrics of the last ``rollout`` call (rates averaged over chunks, counts summed)."""
@@ -166,6 +243,9 @@ class RolloutGroup:
         """Close the engines (their worker processes exit cleanly), then stop the actors."""
         if self._local is not None:
             self._local.close()
+        if self._broadcast is not None:
+            self._broadcast.close()
+            self._broadcast = None
         try:
             ray.get([a.close.remote() for a in self.actors], timeout=60)
         except Exception as exc:  # a dead or stuck actor: killing it below is all that is left

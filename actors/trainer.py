@@ -23,6 +23,7 @@ from actors.learner import LearnerGroup
 from actors.retrieval import RetrievalGroup
 from actors.reward import RewardGroup, corpus_idf
 from actors.rollout import RolloutGroup
+from actors.weight_sync import BroadcastSync
 from workers.config import Config, ConfigError
 from workers.data.loader import PromptSampler
 from workers.data.rows import QARow, read_rows
@@ -124,6 +125,8 @@ class StePPOTrainer:
         self.learner = LearnerGroup(cfg.learner, self.model_path, seed=cfg.seed,
                                     total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples,
                                     temperature=cfg.rollout.temperature)
+        if cfg.rollout.weight_sync == "broadcast":
+            self.rollout_group.use_broadcast(BroadcastSync(self.learner, cfg.rollout.weight_sync_timeout_s))
         if rollout is not None:  # it may hold another run's weights
             self.sync_weights()
 
@@ -188,9 +191,15 @@ class StePPOTrainer:
                 f"trainer.run_dir={self.run_dir} (last checkpoint: {latest_checkpoint(self.run_dir)})") from exc
 
     def sync_weights(self) -> None:
-        """Learner -> every rollout worker, in place; the policy version becomes the step."""
+        """Learner -> every rollout worker, in place; the policy version becomes the step.
+
+        One broadcast from learner rank 0 (issue 22), or with ``rollout.weight_sync=object_store``
+        (and the hf engine or an in-process worker) a state dict through the object store."""
         assert self.learner is not None and self.rollout_group is not None
-        self.rollout_group.set_weights(self.learner.export_weights_ref(), self.step)
+        if self.rollout_group.broadcasting:
+            self.rollout_group.sync_broadcast(self.step)
+        else:
+            self.rollout_group.set_weights(self.learner.export_weights_ref(), self.step)
 
     def train_step(self) -> dict[str, float]:
         """One StePPO step; returns its metrics with the time split."""

@@ -19,6 +19,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "retrieval.encoder_dtype": ("auto", "float32", "bfloat16", "float16", "int8"),
     "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
     "rollout.engine": ("vllm", "hf"),
+    "rollout.weight_sync": ("broadcast", "object_store"),
     "reward.answer_metric": ("f1", "em"),
     "learner.zero_stage": (0, 1, 2, 3),
     "learner.lr_schedule": ("constant", "cosine"),
@@ -129,7 +130,7 @@ def _validate_runtime(cfg: Config) -> None:
                           f"and server.auth_token_file (got {', '.join(tokens)})")
     _positive(cfg, "rollout.max_prompt_tokens", "rollout.max_response_tokens",
               "rollout.max_obs_tokens", "rollout.max_action_tokens", "rollout.n_samples",
-              "rollout.tensor_parallel_size", "rollout.kv_cache_gib")
+              "rollout.tensor_parallel_size", "rollout.kv_cache_gib", "rollout.weight_sync_timeout_s")
     _non_negative(cfg, "rollout.max_turns", "rollout.temperature")
     _require(0.0 < cfg.rollout.top_p <= 1.0, "rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}")
     _require(0.0 < cfg.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization",
@@ -152,7 +153,7 @@ def _validate_placement(cfg: Config) -> None:
 
 def _validate_learner(cfg: Config) -> None:
     learner = cfg.learner
-    _positive(cfg, "learner.num_ranks", "learner.mini_batch_size", "learner.micro_batch_size",
+    _positive(cfg, "learner.num_ranks", "learner.sync_bucket_mb", "learner.mini_batch_size", "learner.micro_batch_size",
               "learner.ppo_epochs", "learner.actor_lr", "learner.critic_lr", "learner.clip_ratio",
               "learner.value_clip", "learner.grad_clip")
     _non_negative(cfg, "learner.entropy_coef", "learner.kl_coef", "learner.warmup_steps")

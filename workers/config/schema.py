@@ -251,6 +251,11 @@ class RolloutConfig:
     sleep_level: int = 0
     """vLLM sleep mode while the learner trains (colocated placement, GPU only): 0 off, 1 weights
     to CPU and KV cache freed, 2 both freed (the weight sync reloads them)."""
+    weight_sync: str = "object_store"
+    """How new weights reach the engines: broadcast (one collective from learner rank 0 to
+    every vLLM worker, issue 22; the hf engine or num_workers=0 fall back) or object_store."""
+    weight_sync_timeout_s: float = 60.0
+    """Timeout of one weight-broadcast step; an engine dead mid-broadcast costs at most this."""
 
 
 @dataclass
@@ -358,6 +363,8 @@ class LearnerConfig:
     """Critic LR warmup as a fraction of the run's optimizer steps; overrides warmup_steps when set."""
     logprob_micro_batch_size: Optional[int] = None
     """Samples per no-grad forward pass on one rank (old/reference log-probs, values); None: micro_batch_size."""
+    sync_bucket_mb: float = 256.0
+    """Size of one weight-broadcast bucket in MiB (parameters gathered and sent together)."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workers import weight_sync as ws
 from workers.config import LearnerConfig
 from workers.learner import engine as eng
 from workers.learner import model as mdl
@@ -66,6 +67,7 @@ class LearnerWorker:
         self.critic: eng.TrainEngine | None = None
         self.updates = 0
         self.device = torch.device("cuda" if eng.uses_cuda() else "cpu")
+        self._weight_group: ws.WeightGroup | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -296,6 +298,41 @@ class LearnerWorker:
         if self.policy is None:
             raise RuntimeError("export_weights needs the policy role")
         return self.policy.full_state_dict()
+
+    def weight_manifest(self) -> ws.Manifest:
+        """The policy's tensors in buckets of ``learner.sync_bucket_mb`` (metadata only)."""
+        if self.policy is None:
+            raise RuntimeError("weight_manifest needs the policy role")
+        return ws.plan_buckets(self.policy.module, self.cfg.sync_bucket_mb)
+
+    def join_weight_group(self, world_size: int, host: str, port: int, store_path: str | None,
+                          timeout_s: float) -> None:
+        """Rank 0 only: form a new weight-update group with the engines, as its rank 0."""
+        if self.rank != 0:
+            raise RuntimeError(f"only learner rank 0 joins the weight-update group, not rank {self.rank}")
+        self.leave_weight_group()
+        self._weight_group = ws.WeightGroup(0, world_size, host, port, store_path, timeout_s, self.device)
+
+    def leave_weight_group(self) -> None:
+        if self._weight_group is not None:
+            self._weight_group.close()
+            self._weight_group = None
+
+    def broadcast_weights(self, manifest: ws.Manifest) -> bool:
+        """Send the policy to the weight-update group, bucket by bucket (issue 22).
+
+        Under ZeRO-3 every rank calls (the buckets are gathered together); otherwise rank 0
+        alone. Only rank 0 sends. Returns False when the broadcast failed (an engine died
+        or timed out); the group is then dropped so the engines still waiting fail at once.
+        """
+        if self.policy is None:
+            raise RuntimeError("broadcast_weights needs the policy role")
+        zero3 = self.cfg.engine == "deepspeed" and self.cfg.zero_stage == 3
+        group = self._weight_group if self.rank == 0 else None
+        ok = ws.send_buckets(group, self.policy.module, manifest, zero3)
+        if self.rank == 0 and not ok:
+            self.leave_weight_group()
+        return ok
 
     def critic_state(self) -> dict[str, Tensor]:
         """The full critic state dict (backbone + value head)."""

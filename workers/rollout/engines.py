@@ -72,7 +72,8 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, dtype=cast(Any, dtype), seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                       trust_remote_code=trust_remote_code, use_tqdm_on_load=False)
+                       trust_remote_code=trust_remote_code, use_tqdm_on_load=False,
+                       worker_extension_cls="workers.weight_sync.WeightSyncExtension")
         self.tokenizer = self.llm.get_tokenizer()
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
@@ -133,6 +134,25 @@ class VLLMEngine:
             save_file(tensors, path)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
         self.llm.reset_prefix_cache()
+
+    @property
+    def num_weight_workers(self) -> int:
+        """Worker processes of this engine (tensor x pipeline parallel), each a weight-group rank."""
+        return int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
+
+    def join_weight_group(self, rank_offset: int, world_size: int, host: str, port: int,
+                          store_path: str | None, timeout_s: float) -> list[int]:
+        """Every worker joins a new weight-update group (blocks until all members joined)."""
+        return self.llm.collective_rpc("join_weight_group", timeout=timeout_s + 30.0,
+                                       args=(rank_offset, world_size, host, port, store_path, timeout_s))
+
+    def receive_weights(self, manifest: Any, timeout_s: float) -> int:
+        """Load one broadcast of new weights (``workers.weight_sync.Manifest``), then drop the
+        prefix cache: cached KV blocks were computed by the old weights."""
+        sizes = self.llm.collective_rpc("receive_weight_broadcast", timeout=timeout_s * (len(manifest.buckets) + 1),
+                                        args=(manifest.to_wire(),))
+        self.llm.reset_prefix_cache()
+        return int(sizes[0])
 
     def close(self) -> None:
         """Stop the engine's worker processes now rather than at interpreter exit."""
@@ -223,7 +243,9 @@ class HFEngine:
         return scores
 
     def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
-        self.model.load_state_dict(dict(weights), strict=False)
+        """All names must match the model's (``strict``): a mismatch fails loudly instead of
+        leaving stale weights."""
+        self.model.load_state_dict(dict(weights), strict=True)
 
 
 def make_engine(kind: str, model_path: str, **options: Any) -> GenerationEngine:

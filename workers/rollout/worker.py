@@ -153,6 +153,29 @@ class RolloutWorker:
         self.policy_version = version
         return version
 
+    def weight_workers(self) -> int:
+        """Weight-group ranks this worker's engine needs (0: the engine cannot receive a broadcast)."""
+        return int(getattr(self.engine, "num_weight_workers", 0))
+
+    def join_weight_group(self, rank_offset: int, world_size: int, host: str, port: int,
+                          store_path: str | None, timeout_s: float) -> list[int]:
+        """The engine's workers join a new weight-update group (issue 22)."""
+        join = getattr(self.engine, "join_weight_group", None)
+        if join is None:
+            raise RuntimeError(f"the {self.cfg.engine} engine cannot join a weight broadcast; "
+                               "use rollout.weight_sync=object_store")
+        return list(join(rank_offset, world_size, host, port, store_path, timeout_s))
+
+    def receive_weights(self, manifest: Any, version: int, timeout_s: float) -> int:
+        """Load one weight broadcast and adopt ``version`` (only when all of it arrived)."""
+        try:
+            received = int(self.engine.receive_weights(manifest, timeout_s))  # type: ignore[attr-defined]
+        except BaseException:
+            self.policy_version = -1  # partly loaded: no version until a sync completes
+            raise
+        self.policy_version = version
+        return received
+
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """The engine's log-probs of fixed token sequences (checks weight sync)."""
         return self.engine.score(sequences)
