@@ -36,6 +36,7 @@ from actors.trainer import LearnerFailure, StePPOTrainer, check_fits
 from launch.config import CONFIG_DIR, register_configs, to_config
 from launch.report import eval_line, print_results, print_step, progress_bar, write_plots
 from workers.config import Config, ConfigError
+from workers.data.reward_inputs import check_training_rows
 from workers.run_identity import read_state, reconcile
 from workers.tracking import MetricsLogger, latest_checkpoint, read_metrics, truncate_metrics
 
@@ -54,6 +55,7 @@ def _prepare_inputs(cfg: Config) -> tuple[Config, str]:
                               f"`python -m launch.prepare_data data={cfg.data.name} data.input_path=...` first")
         logger.info("preparing toyworld in %s", data_dir)
         prepare(cfg.data)
+    check_training_rows(cfg)
     if cfg.retrieval.corpus_path is None and cfg.retrieval.index_dir is None:
         cfg = replace(cfg, retrieval=replace(cfg.retrieval, corpus_path=str(data_dir / "corpus.jsonl")))
     return cfg, resolve_policy_path(cfg.model, data_dir, cfg.data.format)

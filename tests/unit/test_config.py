@@ -64,7 +64,7 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["rollout.engine=tgi"], "rollout.engine"),
     (["learner.mini_batch_size=6"], "learner.micro_batch_size"),
     (["learner.num_ranks=3"], "learner.mini_batch_size"),
-    (["learner.advantage_estimator=grpo"], "rollout.n_samples"),
+    (["trainer=tiny", "learner.advantage_estimator=grpo"], "rollout.n_samples"),
     (["cluster.placement=mixed"], "cluster.placement"),
     (["retrieval.replicas=per_gpu"], "retrieval.replicas"),
     (["retrieval.backend=http"], "retrieval.url"),
@@ -133,7 +133,7 @@ def test_renaming_entities_is_refused_for_real_datasets() -> None:
     check_renaming(cfg, [row("toyworld")])
     with pytest.raises(ConfigError, match=r"sft\.rename_entities.*musique"):
         check_renaming(cfg, [row("toyworld"), row("musique")])
-    check_renaming(load_config(["trainer=tiny"]), [row("musique")])  # off: anything goes
+    check_renaming(load_config(["sft.rename_entities=false"]), [row("musique")])  # off: anything goes
 
 
 def test_the_quick_start_is_the_default_and_the_learning_preset_is_unchanged_by_it() -> None:
