@@ -8,7 +8,7 @@ answer; relational steps (``A >> relation``) become keyword queries.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,25 @@ class Converted:
 
     def add_passage(self, passage: Passage) -> None:
         self.passages.setdefault(passage.id, passage)
+
+
+def convert_by_id(records: Iterable[tuple[str, Any]], to_row: Callable[..., QARow], *, data_source: str,
+                  val_fraction: float, test_fraction: float, split: str | None) -> Converted:
+    """Rows of ``(where, record)`` pairs keyed by their ``_id`` (HotpotQA, 2Wiki): the split is
+    ``split`` when given, else a hash of the id; bad records are dropped into ``problems``.
+    ``to_row(record, data_source, index, split, converted)`` raises ``DataError`` for a bad one."""
+    out = Converted()
+    for where, record in records:
+        if not isinstance(record, dict):
+            out.problems.add(where, "record is not a JSON object")
+            continue
+        rid = str(record.get("_id", where))
+        row_split = split or hash_split(rid, val_fraction, test_fraction)
+        try:
+            out.rows.append(to_row(record, data_source, len(out.rows), row_split, out))
+        except DataError as exc:
+            out.problems.add(where, str(exc))
+    return out
 
 
 def keyword_query(question: str) -> str:

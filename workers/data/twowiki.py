@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from workers.data.corpus import Passage, make_passage
-from workers.data.musique import Converted
+from workers.data.musique import Converted, convert_by_id
 from workers.data.problems import DataError
 from workers.data.rows import QARow, make_row
 from workers.data.sources import hash_split
@@ -111,15 +111,5 @@ def convert_twowiki(records: Iterable[tuple[str, Any]], *, data_source: str = DA
 
     The split is ``split`` when given, else a hash of ``_id`` with the given fractions.
     """
-    out = Converted()
-    for where, record in records:
-        if not isinstance(record, dict):
-            out.problems.add(where, "record is not a JSON object")
-            continue
-        rid = str(record.get("_id", where))
-        row_split = split or hash_split(rid, val_fraction, test_fraction)
-        try:
-            out.rows.append(_record_to_row(record, data_source, len(out.rows), row_split, out))
-        except DataError as exc:
-            out.problems.add(where, str(exc))
-    return out
+    return convert_by_id(records, _record_to_row, data_source=data_source, val_fraction=val_fraction,
+                         test_fraction=test_fraction, split=split)
