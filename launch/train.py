@@ -38,7 +38,7 @@ from launch.report import eval_line, print_results, print_step, progress_bar, wr
 from workers.config import Config, ConfigError
 from workers.data.reward_inputs import check_training_rows
 from workers.run_identity import read_state, reconcile
-from workers.tracking import MetricsLogger, latest_checkpoint, read_metrics, truncate_metrics
+from workers.tracking import MetricsLogger, latest_checkpoint, prune_checkpoints, read_metrics, truncate_metrics
 
 logger = logging.getLogger("launch.train")
 
@@ -145,7 +145,7 @@ def run_steps(trainer: StePPOTrainer, tracker: MetricsLogger, stop: StopRequest)
     """The step loop: train, evaluate every k steps and at the end, checkpoint every k steps,
     at the end and when a stop is requested. Returns the last checkpoint and evaluation."""
     cfg = trainer.cfg.trainer
-    checkpoint, final_eval = None, {}
+    checkpoint, final_eval, best = None, {}, (float("-inf"), None)
     bar = progress_bar(cfg.total_steps, initial=trainer.step)
     stop.in_loop = True
     while trainer.step < cfg.total_steps and not stop.requested:
@@ -158,6 +158,10 @@ def run_steps(trainer: StePPOTrainer, tracker: MetricsLogger, stop: StopRequest)
         print_step(trainer.step, cfg.total_steps, metrics, bar)
         if (cfg.save_every and trainer.step % cfg.save_every == 0) or last or stop.requested:
             checkpoint = trainer.checkpoint()
+            if "eval/em" in metrics and metrics["eval/em"] > best[0]:
+                best = (metrics["eval/em"], trainer.step)
+            if cfg.keep_checkpoints:
+                prune_checkpoints(trainer.run_dir, cfg.keep_checkpoints, best[1])
         bar.update(1)
     bar.close()
     stop.in_loop = False

@@ -201,10 +201,10 @@ def validate(cfg: Config) -> Config:
     _validate_model(cfg)
     _validate_data(cfg)
     _validate_runtime(cfg)
-    _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size", "trainer.rollout_timeout_s",
-              "retrieval.search_timeout_s", "trainer.reward_timeout_s", "trainer.learner_timeout_s",
-              "trainer.sync_timeout_s")
-    _non_negative(cfg, "trainer.eval_every", "trainer.save_every", "trainer.critic_warmup_steps")
+    _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size", "retrieval.search_timeout_s",
+              "trainer.reward_timeout_s")
+    _non_negative(cfg, "trainer.eval_every", "trainer.save_every", "trainer.keep_checkpoints",
+                  "trainer.critic_warmup_steps")
     _require(cfg.trainer.critic_warmup_steps == 0 or cfg.learner.advantage_estimator == "gae",
              "trainer.critic_warmup_steps",
              f"needs a critic, but learner.advantage_estimator={cfg.learner.advantage_estimator} has none")

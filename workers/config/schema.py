@@ -408,6 +408,8 @@ class TrainerConfig:
     re-run on resume. Needs a critic (``learner.advantage_estimator=gae``)."""
     save_every: int = 0
     """Checkpoint every k steps (0: only at the end)."""
+    keep_checkpoints: int = 0
+    """Keep the newest N checkpoints plus the best one by validation EM (0: keep all)."""
     run_dir: str = "runs/${now:%Y%m%d-%H%M%S}"
     """Run directory for metrics, checkpoints and plots."""
     resume: str = "never"
@@ -421,17 +423,9 @@ class TrainerConfig:
     """Weights & Biases project (None: off)."""
     eval_start: bool = True
     """Evaluate the starting policy on validation before step 1 (logged as step 0)."""
-    rollout_timeout_s: float = 1800.0
-    """Longest wait for one chunk of rollouts; a rollout actor that exceeds it is killed and
-    its chunk redone, as after a crash."""
     reward_timeout_s: float = 600.0
     """Longest wait for a batch's rewards; the reward actors are then restarted and the batch
     scored again once."""
-    learner_timeout_s: float = 3600.0
-    """Longest wait for a learner call (update, checkpoint, weights); then the run stops with
-    the resume hint."""
-    sync_timeout_s: float = 600.0
-    """Longest wait for a weight sync to the rollout actors."""
     verbose: bool = False
     """Show every library's log lines (vLLM, Ray, DeepSpeed); by default known noise is hidden."""
 
