@@ -16,8 +16,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SHRUNK = ["trainer=quickstart", "trainer.total_steps=2", "trainer.critic_warmup_steps=1", "trainer.batch_size=2",
           "trainer.eval_size=4", "learner.mini_batch_size=4", "learner.micro_batch_size=2",
-          "rollout.engine=hf", "rollout.max_action_tokens=16", "rollout.max_response_tokens=128",
-          "rollout.max_obs_tokens=64", "model.tiny.vocab_size=800", "model.tiny.num_layers=2",
+          "rollout.engine=hf", "rollout.max_action_tokens=16", "retrieval.topk=2", "model.tiny.vocab_size=800",
+          "model.tiny.num_layers=2",
           "sft.first_search_steps=2", "sft.epochs=0.5", "sft.batch_size=8", "sft.micro_batch_size=8",
           "data.toyworld.num_questions=80", "data.toyworld.num_people=60", "data.toyworld.num_films=20",
           "data.toyworld.num_companies=15", "trainer.tensorboard=false"]
