@@ -165,6 +165,8 @@ def run_steps(trainer: StePPOTrainer, tracker: MetricsLogger, stop: StopRequest)
         bar.update(1)
     bar.close()
     stop.in_loop = False
+    if stop.requested and trainer.step > 0 and (checkpoint is None or checkpoint.name != f"step_{trainer.step:06d}"):
+        checkpoint = trainer.checkpoint()  # the signal came after this step's save decision
     return checkpoint, final_eval
 
 
@@ -190,9 +192,9 @@ def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str
     checkpoint's run)."""
     started = time.perf_counter()
     stop = StopRequest()
-    stop.install()
     cfg, resume_from = resume_point(cfg, run_dir, overrides)
     check_fits(cfg, init_ray(cfg.cluster, quiet=not cfg.trainer.verbose))  # before any data or actor work
+    stop.install()  # after ray.init, which sets a SIGTERM handler of its own
     cfg, model_path = _prepare_inputs(cfg)
     model_path, retrieval = start_policy(cfg, model_path)
     trainer = StePPOTrainer(cfg, run_dir, model_path)
