@@ -121,7 +121,10 @@ def _pids(class_name: str) -> list[int]:
             title = " ".join(proc.cmdline())
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
-        if title.startswith(f"ray::{class_name}") and proc.status() != psutil.STATUS_ZOMBIE:
+        # ``ray::Class.method``, or ``ray::NAME:Class.method`` for a named actor
+        head = title.split(" ")[0]
+        if head.startswith("ray::") and (head[5:].startswith(class_name) or f":{class_name}" in head) \
+                and proc.status() != psutil.STATUS_ZOMBIE:
             out.append(proc.pid)
     return out
 
@@ -141,7 +144,7 @@ def trainer(ray_cluster: dict, common: list[str], tmp_path: Path):
 
 def test_killed_reward_and_retrieval_actors_are_restarted_and_steps_go_on(trainer) -> None:
     first = trainer.train_step()
-    reward_pid, retrieval_pid = _pids("RewardWorker")[0], _pids("RetrievalActor")[0]
+    reward_pid, retrieval_pid = _pids("RewardActor")[0], _pids("RetrievalActor")[0]
     os.kill(reward_pid, signal.SIGKILL)
     os.kill(retrieval_pid, signal.SIGKILL)
     second = trainer.train_step()
@@ -149,7 +152,7 @@ def test_killed_reward_and_retrieval_actors_are_restarted_and_steps_go_on(traine
     assert trainer.step == 3
     for metrics in (first, second, third):
         assert {"reward/outcome", "ppo/policy_loss", "time/rollout_s"} <= metrics.keys()
-    assert reward_pid not in _pids("RewardWorker") and _pids("RewardWorker")
+    assert reward_pid not in _pids("RewardActor") and _pids("RewardActor")
     assert trainer.retrieval is not None
     assert trainer.retrieval.search(["anything"], 1)[0]  # the restarted replica answers
     assert retrieval_pid not in _pids("RetrievalActor")
