@@ -124,7 +124,7 @@ def entrypoint(python: str, overrides: Sequence[str]) -> str:
     return shlex.join([python, "-m", "launch.train", *overrides])
 
 
-STOP_WAIT_S = "600"
+STOP_WAIT_S = "60"
 """How long ``--stop`` lets the job finish its step and write a checkpoint before Ray kills it
 (``RAY_JOB_STOP_WAIT_TIME_S``, which the job's supervisor reads; Ray's default is 3 s)."""
 

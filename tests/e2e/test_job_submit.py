@@ -109,7 +109,9 @@ def test_the_tiny_training_job_succeeds(ray_head: RayHead, toyworld: list[str], 
     assert "step 2/2" in result.stdout, "the job's logs were not followed"
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    assert [row["step"] for row in rows] == [1, 2]
+    assert [row["step"] for row in rows] == [0, 1, 2]  # step 0: the starting policy's validation
+    assert "eval/em" in rows[0]
+    rows = rows[1:]
     for row in rows:
         for key in STEP_KEYS:
             assert key in row and math.isfinite(row[key]), (row["step"], key)

@@ -46,7 +46,7 @@ def test_a_two_point_reward_sweep_writes_both_runs_and_the_table(toyworld: list[
     for run in ("0", "1"):
         run_dir = sweep_dir / run
         steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        assert steps == [1, 2], run
+        assert steps == [0, 1, 2], run  # step 0: the starting policy's validation
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["run_dir"] == str(run_dir) and summary["steps"] == 2
         rewards[run] = summary["reward"]
