@@ -31,7 +31,8 @@ QUIET_ENV = {
 }
 """Environment of quiet actor processes (and of the driver)."""
 
-NOISY_LOGGERS = ("vllm", "transformers", "deepspeed", "DeepSpeed", "torch.distributed", "filelock", "urllib3")
+NOISY_LOGGERS = ("vllm", "transformers", "deepspeed", "DeepSpeed", "torch.distributed", "filelock", "urllib3",
+                 "torch._library.triton")  # "Triton not available" on every CPU custom-op registration
 
 
 def is_quiet() -> bool:
