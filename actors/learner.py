@@ -155,12 +155,25 @@ class LearnerGroup:
             raise LearnerFailure(f"learner {phase}: {', '.join(hung) or 'a learner task'} gave no answer "
                                  f"within {timeout:g} s (learner.timeout_s={self.cfg.timeout_s:g})") from exc
         except RayError as exc:
-            who = next((self._rank_name(a) for a in actors if getattr(exc, "actor_id", None)
-                        == a._actor_id.hex()), "a learner rank")
+            who = self._failed_rank(exc, refs, actors)
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the rank's exception
             text = str(cause).strip().splitlines()
             raise LearnerFailure(f"learner {phase}: {who} failed ({type(cause).__name__}: "
                                  f"{text[0] if text else ''})") from exc
+
+    def _failed_rank(self, exc: RayError, refs: list[Any], actors: list[Any]) -> str:
+        """The rank whose call raised ``exc`` (a dead actor names itself; else the first failed call)."""
+        for actor in actors:
+            if getattr(exc, "actor_id", None) == actor._actor_id.hex():
+                return self._rank_name(actor)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        for actor, ref in zip(actors, refs, strict=False):
+            if ref in ready:
+                try:
+                    ray.get(ref)
+                except RayError:
+                    return self._rank_name(actor)
+        return "a learner rank"
 
     def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
                 values_only: bool = False) -> tuple[Any, dict[str, float]]:
@@ -208,6 +221,9 @@ class LearnerGroup:
         """ObjectRef of the full policy state dict, for the rollout workers (the driver never fetches it)."""
         refs = [a.export_weights.remote() for a in self.policy_ranks]
         self.collect("weight export", refs, self.policy_ranks, fetch=False)
+        # A dead rank's result counts as ready too: ask the ranks themselves. (An exception in
+        # the export surfaces where the engines load the weights, as a learner failure.)
+        self.collect("weight export", [a.__ray_ready__.remote() for a in self.policy_ranks], self.policy_ranks)
         return refs[0]
 
     def save_checkpoint(self, directory: str) -> None:

@@ -109,6 +109,8 @@ class RolloutGroup:
         self._last_metrics: dict[str, float] = {}
         self._broadcast: Any = None  # actors.weight_sync.BroadcastSync when attached
         self._stale: list[Any] = []
+        self._killed: set[Any] = set()  # status refs of chunks whose actor was killed for a timeout
+        self._down: list[Any] = []  # actors seen dead and not answering since (counted once)
         self.actors: list[Any] = []
         # Ray restarts a dead actor without limit; the group counts deaths within a window.
         self.restarts = RestartBudget(cfg.max_restarts, cfg.restart_window_s, "rollout actors",
@@ -144,12 +146,12 @@ class RolloutGroup:
         running: dict[Any, tuple[int, Any, Any, float]] = {}  # status ref -> chunk, actor, batch, start
         statuses: list[dict[str, float]] = []
         idle = list(self.actors)
-        benched: list[Any] = []  # behind the version and not caught up yet (restarting)
+        benched: list[Any] = []  # restarting, or behind the version and not caught up yet
         self._find_stale()
         while todo or running:
             while todo and idle:
                 actor = idle.pop(0)
-                if not self._caught_up(actor):
+                if not self._ready_for_chunk(actor):
                     benched.append(actor)
                     continue
                 i = todo.pop(0)
@@ -168,6 +170,7 @@ class RolloutGroup:
             if done is None:
                 continue  # the overdue actors were killed: their chunks fail and are re-run
             i, actor, batch, _ = running.pop(done)
+            self._killed.discard(done)
             try:
                 statuses.append(ray.get(done))  # raises if the actor died
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
@@ -175,7 +178,7 @@ class RolloutGroup:
                     raise RuntimeError(f"rollout chunk {i} failed {attempts[i]} times") from exc
                 logger.warning("rollout: actor %d lost chunk %d (%s); re-running it",
                                self._index(actor), i, type(exc).__name__)
-                self.restarts.record(f"rollout actor {self._index(actor)}")
+                self._mark_down(actor)
                 todo.insert(0, i)
                 if self._broadcast is not None:
                     self._stale.append(actor)
@@ -188,19 +191,36 @@ class RolloutGroup:
     def _wait_one(self, running: dict[Any, tuple[int, Any, Any, float]]) -> Any:
         """The next finished chunk's status ref; None after killing the actors whose chunk has
         run longer than ``rollout.timeout_s`` (Ray restarts them; their chunks then fail)."""
-        now = time.monotonic()
-        first_deadline = min(start for _, _, _, start in running.values()) + self.cfg.timeout_s
-        done, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, first_deadline - now))
+        starts = [start for ref, (_, _, _, start) in running.items() if ref not in self._killed]
+        timeout = None if not starts else max(0.0, min(starts) + self.cfg.timeout_s - time.monotonic())
+        done, _ = ray.wait(list(running), num_returns=1, timeout=timeout)
         if done:
             return done[0]
         now = time.monotonic()
-        for i, actor, _, start in running.values():
-            if now - start >= self.cfg.timeout_s:
+        for ref, (i, actor, _, start) in running.items():
+            if ref not in self._killed and now - start >= self.cfg.timeout_s:
                 logger.warning("rollout: actor %d gave no answer for chunk %d within rollout.timeout_s=%g s; "
                                "killing it (Ray restarts it) to roll the chunk out again",
                                self._index(actor), i, self.cfg.timeout_s)
                 ray.kill(actor, no_restart=False)
+                self._mark_down(actor)
+                self._killed.add(ref)  # its call fails once the kill lands: not killed twice
         return None
+
+    def _mark_down(self, actor: Any) -> None:
+        """Note an actor's death (once until it answers again) against the restart budget."""
+        if not any(actor is a for a in self._down):
+            self._down.append(actor)
+            self.restarts.record(f"rollout actor {self._index(actor)}")
+
+    def _ready_for_chunk(self, actor: Any) -> bool:
+        """Caught up with the group's version and, if it died, answering again (a call sent
+        to an actor Ray is still restarting can fail at once)."""
+        if any(actor is a for a in self._down):
+            if not _responsive([actor], timeout=2.0):
+                return False
+            self._down = [a for a in self._down if a is not actor]
+        return self._caught_up(actor)
 
     def _index(self, actor: Any) -> int:
         return next((k for k, a in enumerate(self.actors) if a is actor), -1)
@@ -226,7 +246,7 @@ class RolloutGroup:
                                "%g s; killing it (it loads version %d before its next chunk)", k,
                                self.cfg.weight_sync_timeout_s, version)
                 ray.kill(actor, no_restart=False)
-                self.restarts.record(f"rollout actor {k}")
+                self._mark_down(actor)
                 continue
             try:
                 ray.get(ref)
@@ -235,7 +255,7 @@ class RolloutGroup:
                     raise  # not this actor: the weights' producer (the learner) failed
                 logger.warning("weight sync: rollout actor %d died (%s); it loads version %d before its "
                                "next chunk", k, type(exc).__name__, version)
-                self.restarts.record(f"rollout actor {k}")
+                self._mark_down(actor)
 
     @property
     def broadcasting(self) -> bool:

@@ -33,6 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,11 @@ os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 BASE = ["trainer=tiny", "model.warm_start=none", "rollout.num_workers=2", "cluster.num_cpus=6",
         "trainer.batch_size=8", "trainer.eval_every=0", "trainer.save_every=0", "trainer.tensorboard=false",
         "trainer.critic_warmup_steps=0", "learner.mini_batch_size=8", "learner.micro_batch_size=4",
-        "rollout.max_action_tokens=32", "rollout.max_response_tokens=256", "rollout.max_obs_tokens=96"]
-"""The tiny preset, 2 rollout workers; short responses so that 8 steps take minutes on 2 cores."""
+        "rollout.max_action_tokens=32", "rollout.max_response_tokens=256", "rollout.max_obs_tokens=96",
+        "rollout.max_restarts=8"]
+"""The tiny preset, 2 rollout workers; short responses so that 8 steps take minutes on 2 cores.
+The plan kills rollout actors 4 times within minutes, more than the default budget of
+``rollout.max_restarts`` (3 within an hour) allows, so the budget is raised here."""
 
 KINDS = ("rollout", "retrieval", "reward")
 ACTOR_CLASS = {"rollout": "RolloutActor", "retrieval": "RetrievalActor", "reward": "RewardActor"}
@@ -65,6 +69,34 @@ def actor_pids(class_name: str) -> list[int]:
     return sorted(out)
 
 
+def descendants(pid: int) -> list[tuple[int, float]]:
+    """(pid, start time) of every process below ``pid``."""
+    import psutil
+
+    try:
+        return [(p.pid, p.create_time()) for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def reap_orphans(procs: set[tuple[int, float]]) -> list[int]:
+    """Kill the processes a killed actor left running (a vLLM engine's workers outlive a
+    SIGKILLed actor on CPU); returns those that were still alive. The start time must
+    match, so a reused pid is never touched."""
+    import psutil
+
+    alive = []
+    for pid, started in sorted(procs):
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+                proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
 class Chaos:
     """Kills actor processes on a plan: per step, the kinds to kill and when."""
 
@@ -73,6 +105,7 @@ class Chaos:
         self.kills: Counter[str] = Counter()
         self.log: list[str] = []
         self.in_sync = threading.Event()
+        self.victims_children: set[tuple[int, float]] = set()  # processes a killed actor had started
         self.started = time.monotonic()
         # Step (1-based) -> kinds killed at a random moment of that step; "sync" kills a rollout
         # actor while the weight sync after that step's update runs. Step 1 measures the step
@@ -90,6 +123,7 @@ class Chaos:
             self.log.append(f"{self._t()} no live {kind} actor to kill (restarting)")
             return
         pid = self.rng.choice(pids)
+        self.victims_children.update(descendants(pid))
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -203,6 +237,8 @@ def run(overrides: list[str], steps: int, seed: int) -> dict[str, Any]:
                        *overrides])
     check_fits(cfg, init_ray(cfg.cluster, quiet=True))
     cfg, model_path = _prepare_inputs(cfg)
+    if cfg.retrieval.index_dir is None:  # kept, so a restarted replica opens it instead of encoding again
+        cfg = replace(cfg, retrieval=replace(cfg.retrieval, index_dir=str(workdir / "index")))
     trainer = StePPOTrainer(cfg, workdir / "run", model_path)
     chaos = Chaos(steps, random.Random(seed))
     expected: list[list[str]] = []
@@ -230,6 +266,10 @@ def run(overrides: list[str], steps: int, seed: int) -> dict[str, Any]:
         ray.shutdown()
     for line in chaos.log:
         print(line, file=sys.stderr)
+    orphans = reap_orphans(chaos.victims_children)
+    if orphans:
+        print(f"{len(orphans)} processes started by killed actors were still running (killed now): {orphans}",
+              file=sys.stderr)
     counts = tally(expected, trained)
     ok = error is None and trainer.step == steps and counts["expected"] == counts["trained"] \
         and counts["duplicates"] == counts["missing"] == counts["unexpected"] == 0
