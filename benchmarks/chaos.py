@@ -115,7 +115,7 @@ class Chaos:
         for kind in ("rollout", "sync", "retrieval", "reward", "rollout", "sync"):
             plan[rng.choice(slots)].append(kind)
         self.plan = plan
-        self.step_time, self.sync_time = 30.0, 0.5
+        self.step_time = 30.0
 
     def _kill(self, kind: str, during_sync: bool = False) -> None:
         pids = actor_pids(ACTOR_CLASS[kind])
@@ -161,7 +161,7 @@ class Chaos:
         try:
             return fn()
         finally:
-            self.in_sync.clear()
+            self.in_sync.clear()  # a kill that lands after this is a plain rollout kill
             timer.join()
 
 
@@ -189,16 +189,20 @@ def _instrument(trainer: Any, chaos: Chaos, expected: list[list[str]], trained: 
         return update(traj_ref, *args, **kwargs)
 
     trainer.learner.update = learner_update
-    sync = trainer.sync_weights
+    group = trainer.rollout_group
+    sync = group.sync_broadcast if group.broadcasting else group.set_weights
 
-    def chaotic_sync() -> None:
+    def chaotic_sync(*args: Any) -> None:  # the group's part of the weight sync (weights exported)
         step = trainer.step
         if step >= 1 and chaos.sync_kill_due(step):
-            chaos.kill_during(sync, delay_s=chaos.rng.uniform(0.0, 0.5) * chaos.sync_time)
+            chaos.kill_during(lambda: sync(*args), delay_s=chaos.rng.uniform(0.0, 0.05))
         else:
-            sync()
+            sync(*args)
 
-    trainer.sync_weights = chaotic_sync
+    if group.broadcasting:
+        group.sync_broadcast = chaotic_sync
+    else:
+        group.set_weights = chaotic_sync
 
 
 def tally(expected: list[list[str]], trained: list[list[str]]) -> dict[str, int]:
@@ -244,17 +248,15 @@ def run(overrides: list[str], steps: int, seed: int) -> dict[str, Any]:
     expected: list[list[str]] = []
     trained: list[list[str]] = []
     error = None
+    timers = []
     try:
         trainer.setup()
         _instrument(trainer, chaos, expected, trained)
         chaos.started = time.monotonic()
         for step in range(1, steps + 1):
-            timers = chaos.at_step_start(step)
+            timers += chaos.at_step_start(step)  # not cancelled at the step's end: a moment of the job
             metrics = trainer.train_step()
-            for timer in timers:
-                timer.cancel()
-            if step == 1:
-                chaos.step_time, chaos.sync_time = metrics["time/step_s"], metrics["time/sync_s"]
+            chaos.step_time = metrics["time/step_s"]  # the moments of the next step's kills
             print(f"{chaos._t()} step {trainer.step}/{steps}: {metrics['time/step_s']:.1f} s "
                   f"(rollout {metrics['time/rollout_s']:.1f}, sync {metrics['time/sync_s']:.1f}), "
                   f"reward {metrics.get('reward/outcome', 0.0):+.3f}", file=sys.stderr, flush=True)
@@ -262,6 +264,8 @@ def run(overrides: list[str], steps: int, seed: int) -> dict[str, Any]:
         error = f"{type(exc).__name__}: {exc}"
         print(f"chaos run failed at step {trainer.step + 1}: {error}", file=sys.stderr)
     finally:
+        for timer in timers:
+            timer.cancel()
         trainer.shutdown()
         ray.shutdown()
     for line in chaos.log:
