@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import GetTimeoutError, RayError
 from ray.util.placement_group import (
     PlacementGroup,
     placement_group,
@@ -31,11 +32,16 @@ from ray.util.placement_group import (
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.config import LearnerConfig
+from workers.faults import HANG_ENV
 from workers.learner.data import PPOBatch, build_ppo_batch, rank_range
 from workers.learner.worker import LearnerWorker
 from workers.types import RewardBatch, TrajectoryBatch
 
 logger = logging.getLogger(__name__)
+
+
+class LearnerFailure(RuntimeError):
+    """A learner rank died, failed or hung: the step cannot finish; resume from the last checkpoint."""
 
 
 def _free_port() -> tuple[str, int]:
@@ -112,7 +118,8 @@ class LearnerGroup:
     def _spawn(self, roles: tuple[str, ...], model_path: str, seed: int, total_steps: int,
                temperature: float, offset: int) -> list[Any]:
         cls = ray.remote(LearnerWorker)
-        return [cls.options(num_cpus=self.cfg.num_cpus_per_rank,
+        env = {"env_vars": {HANG_ENV: os.environ[HANG_ENV]}} if HANG_ENV in os.environ else None
+        return [cls.options(num_cpus=self.cfg.num_cpus_per_rank, runtime_env=env,
                             num_gpus=self.cfg.num_gpus_per_rank,
                             scheduling_strategy=self._bundle(offset + r)).remote(
                     self.cfg, model_path, roles, seed, total_steps, temperature)
@@ -121,6 +128,52 @@ class LearnerGroup:
     @property
     def all_ranks(self) -> list[Any]:
         return [a for ranks in self.sets for a in ranks]
+
+    def _rank_name(self, actor: Any) -> str:
+        for ranks, role in ((self.policy_ranks, "policy"), (self.critic_ranks, "critic")):
+            for r, a in enumerate(ranks):
+                if a is actor:
+                    return f"{role} rank {r}"
+        return "a learner rank"
+
+    def collect(self, phase: str, refs: list[Any], actors: list[Any], fetch: bool = True,
+             timeout: float | None = None) -> Any:
+        """``ray.get(refs)`` (``fetch=False``: wait only) within ``timeout`` (default
+        ``learner.timeout_s``); a rank that fails or gives no answer raises ``LearnerFailure``
+        naming the phase and the rank."""
+        timeout = self.cfg.timeout_s if timeout is None else timeout
+        try:
+            if fetch:
+                return ray.get(refs, timeout=timeout)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+            if len(ready) < len(refs):
+                raise GetTimeoutError(f"{len(refs) - len(ready)} of {len(refs)} not ready")
+            return None
+        except GetTimeoutError as exc:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            hung = [self._rank_name(a) for a, ref in zip(actors, refs, strict=False) if ref not in ready]
+            raise LearnerFailure(f"learner {phase}: {', '.join(hung) or 'a learner task'} gave no answer "
+                                 f"within {timeout:g} s (learner.timeout_s={self.cfg.timeout_s:g})") from exc
+        except RayError as exc:
+            who = self._failed_rank(exc, refs, actors)
+            cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the rank's exception
+            text = str(cause).strip().splitlines()
+            raise LearnerFailure(f"learner {phase}: {who} failed ({type(cause).__name__}: "
+                                 f"{text[0] if text else ''})") from exc
+
+    def _failed_rank(self, exc: RayError, refs: list[Any], actors: list[Any]) -> str:
+        """The rank whose call raised ``exc`` (a dead actor names itself; else the first failed call)."""
+        for actor in actors:
+            if getattr(exc, "actor_id", None) == actor._actor_id.hex():
+                return self._rank_name(actor)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        for actor, ref in zip(actors, refs, strict=False):
+            if ref in ready:
+                try:
+                    ray.get(ref)
+                except RayError:
+                    return self._rank_name(actor)
+        return "a learner rank"
 
     def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
                 values_only: bool = False) -> tuple[Any, dict[str, float]]:
@@ -135,9 +188,10 @@ class LearnerGroup:
         sets = [self.critic_ranks or self.policy_ranks] if values_only else self.sets
         parts = [a.compute.remote(traj_ref, *rank_range(batch_size, r, W), values_only)
                  for ranks in sets for r, a in enumerate(ranks)]
+        self.collect("forward passes", parts, [a for ranks in sets for a in ranks], fetch=False)
         targets_ref, stats_ref = _build_targets.remote(traj_ref, reward_ref, self.cfg,
                                                        self.group_size, W, values_only, *parts)
-        return targets_ref, ray.get(stats_ref)
+        return targets_ref, self.collect("advantages", [stats_ref], [])[0]
 
     def update(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
                update_policy: bool = True) -> dict[str, float]:
@@ -145,8 +199,8 @@ class LearnerGroup:
 
         ``update_policy=False`` trains the critic alone (critic warmup)."""
         targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size, values_only=not update_policy)
-        results = ray.get([a.ppo_update.remote(traj_ref, targets_ref, update_policy)
-                           for a in self.all_ranks])
+        results = self.collect("update", [a.ppo_update.remote(traj_ref, targets_ref, update_policy)
+                                       for a in self.all_ranks], self.all_ranks)
         metrics = dict(stats)
         for ranks_metrics in results[::self.cfg.num_ranks]:  # rank 0 of each set
             metrics.update(ranks_metrics)
@@ -154,28 +208,32 @@ class LearnerGroup:
 
     def sft_update(self, traj_ref: Any) -> dict[str, float]:
         """One supervised pass over a batch of gold trajectories (every rank takes its share)."""
-        results = ray.get([a.sft_update.remote(traj_ref) for a in self.policy_ranks])
+        results = self.collect("sft update", [a.sft_update.remote(traj_ref) for a in self.policy_ranks],
+                            self.policy_ranks)
         return results[0]
 
     def export_weights(self) -> dict[str, Any]:
         """Full policy state dict in Hugging Face names (every rank takes part under ZeRO-3)."""
         refs = [a.export_weights.remote() for a in self.policy_ranks]
-        ray.wait(refs, num_returns=len(refs))
-        return ray.get(refs[0])
+        return self.collect("weight export", refs, self.policy_ranks)[0]
 
     def export_weights_ref(self) -> Any:
         """ObjectRef of the full policy state dict, for the rollout workers (the driver never fetches it)."""
         refs = [a.export_weights.remote() for a in self.policy_ranks]
-        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        self.collect("weight export", refs, self.policy_ranks, fetch=False)
+        # A dead rank's result counts as ready too: ask the ranks themselves. (An exception in
+        # the export surfaces where the engines load the weights, as a learner failure.)
+        self.collect("weight export", [a.__ray_ready__.remote() for a in self.policy_ranks], self.policy_ranks)
         return refs[0]
 
     def save_checkpoint(self, directory: str) -> None:
         """All ranks write their engine state; rank 0 adds the Hugging Face export."""
-        ray.get([a.save_checkpoint.remote(directory) for a in self.all_ranks])
+        self.collect("checkpoint", [a.save_checkpoint.remote(directory) for a in self.all_ranks], self.all_ranks)
 
     def load_checkpoint(self, directory: str) -> None:
         """Restore a checkpoint written by a group of the same shape."""
-        ray.get([a.load_checkpoint.remote(directory) for a in self.all_ranks])
+        self.collect("checkpoint load", [a.load_checkpoint.remote(directory) for a in self.all_ranks],
+                  self.all_ranks)
 
     def parameters(self, rank: int = 0, role: str = "policy") -> np.ndarray:
         """One rank's flattened parameters (tests compare ranks; ZeRO-3 gathers on all)."""

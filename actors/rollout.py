@@ -25,14 +25,13 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from workers.config import RolloutConfig
 from workers.data.rows import QARow
+from workers.faults import HANG_ENV, RestartBudget, hang_point
 from workers.rollout.agent_loop import SearchFn
 from workers.rollout.worker import ROLLOUT_SEARCHES, RolloutWorker, concat_trajectories
 from workers.types import TrajectoryBatch
 
 logger = logging.getLogger(__name__)
 
-MAX_RESTARTS = 3
-"""How often Ray restarts a dead rollout actor."""
 MAX_CHUNK_ATTEMPTS = 4
 """How often one chunk of prompts is tried before the rollout fails."""
 
@@ -47,6 +46,7 @@ class RolloutActor(RolloutWorker):
         Returns a small status (sample count and metrics) and the batch, as two objects, so
         the caller can check for failure without fetching the batch.
         """
+        hang_point("rollout")
         if version != self.policy_version:
             if not weights_box or weights_box[0] is None:
                 raise RuntimeError(f"rollout actor is at version {self.policy_version}, "
@@ -65,6 +65,20 @@ class RolloutActor(RolloutWorker):
 @ray.remote(num_cpus=0)
 def _concat(*batches: TrajectoryBatch) -> TrajectoryBatch:
     return concat_trajectories(batches)
+
+
+def _responsive(actors: list[Any], timeout: float = 5.0) -> list[Any]:
+    """The actors that answer a ping within ``timeout`` (not dead, restarting or busy)."""
+    refs = [a.pid.remote() for a in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    out = []
+    for actor, ref in zip(actors, refs, strict=True):
+        try:
+            if ref in ready and ray.get(ref):
+                out.append(actor)
+        except RayActorError:
+            pass
+    return out
 
 
 def _merge_statuses(statuses: list[dict[str, float]]) -> dict[str, float]:
@@ -95,39 +109,49 @@ class RolloutGroup:
         self._last_metrics: dict[str, float] = {}
         self._broadcast: Any = None  # actors.weight_sync.BroadcastSync when attached
         self._stale: list[Any] = []
+        self._killed: set[Any] = set()  # status refs of chunks whose actor was killed for a timeout
+        self._down: list[Any] = []  # actors seen dead and not answering since (counted once)
         self.actors: list[Any] = []
+        # Ray restarts a dead actor without limit; the group counts deaths within a window.
+        self.restarts = RestartBudget(cfg.max_restarts, cfg.restart_window_s, "rollout actors",
+                                      "rollout.max_restarts within rollout.restart_window_s")
         if cfg.num_workers == 0:
             self._local = RolloutWorker(*args, **kwargs)  # type: ignore[arg-type]
             return
         env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.kv_cache_gib))),
                "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-        for key in ("VLLM_HOST_IP", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        for key in ("VLLM_HOST_IP", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", HANG_ENV):
             if key in os.environ:
                 env[key] = os.environ[key]
         remote = ray.remote(RolloutActor).options(
             num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker,
-            max_restarts=MAX_RESTARTS, max_task_retries=0, runtime_env={"env_vars": env})
+            max_restarts=-1, max_task_retries=0, runtime_env={"env_vars": env})
         self.actors = [remote.remote(*args, **kwargs) for _ in range(cfg.num_workers)]
         self.pids()  # engines loaded; construction errors surface here
         logger.info("%d rollout actors ready (%s engine)", len(self.actors), cfg.engine)
 
     def rollout(self, rows: Sequence[QARow], *, greedy: bool = False, seed: int | None = None) -> Any:
-        """Trajectories of ``rows``: an ObjectRef of one ``TrajectoryBatch`` (in-process: the batch)."""
+        """Trajectories of ``rows``: an ObjectRef of one ``TrajectoryBatch`` (in-process: the batch).
+
+        A chunk lost to an actor's death, or to an actor killed for giving no answer within
+        ``rollout.timeout_s``, is rolled out again (each chunk at most ``MAX_CHUNK_ATTEMPTS``
+        times); deaths count against ``rollout.max_restarts`` within ``rollout.restart_window_s``.
+        """
         if self._local is not None:
             return self._local.rollout(rows, greedy=greedy, seed=seed)
         chunks = [list(rows[i:i + self.chunk_size]) for i in range(0, len(rows), self.chunk_size)]
         results: list[Any] = [None] * len(chunks)
         attempts = [0] * len(chunks)
         todo = list(range(len(chunks)))
-        running: dict[Any, tuple[int, Any, Any]] = {}
+        running: dict[Any, tuple[int, Any, Any, float]] = {}  # status ref -> chunk, actor, batch, start
         statuses: list[dict[str, float]] = []
         idle = list(self.actors)
-        benched: list[Any] = []  # behind the version and not caught up yet (restarting)
+        benched: list[Any] = []  # restarting, or behind the version and not caught up yet
         self._find_stale()
         while todo or running:
             while todo and idle:
                 actor = idle.pop(0)
-                if not self._caught_up(actor):
+                if not self._ready_for_chunk(actor):
                     benched.append(actor)
                     continue
                 i = todo.pop(0)
@@ -135,21 +159,26 @@ class RolloutGroup:
                 chunk_seed = None if seed is None else seed + i
                 status, batch = actor.rollout_at.options(num_returns=2).remote(
                     chunks[i], self.version, [self._weights_ref], greedy, chunk_seed)
-                running[status] = (i, actor, batch)
+                running[status] = (i, actor, batch, time.monotonic())
             if not running:  # every actor is behind: wait for a restart, then catch up
                 if not benched:
                     raise RuntimeError("no rollout actor can take a chunk")
                 time.sleep(2.0)
                 idle, benched = benched, []
                 continue
-            done, _ = ray.wait(list(running), num_returns=1)
-            i, actor, batch = running.pop(done[0])
+            done = self._wait_one(running)
+            if done is None:
+                continue  # the overdue actors were killed: their chunks fail and are re-run
+            i, actor, batch, _ = running.pop(done)
+            self._killed.discard(done)
             try:
-                statuses.append(ray.get(done[0]))  # raises if the actor died
+                statuses.append(ray.get(done))  # raises if the actor died
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
                 if attempts[i] >= MAX_CHUNK_ATTEMPTS:
                     raise RuntimeError(f"rollout chunk {i} failed {attempts[i]} times") from exc
-                logger.warning("rollout actor lost chunk %d (%s); re-running it", i, type(exc).__name__)
+                logger.warning("rollout: actor %d lost chunk %d (%s); re-running it",
+                               self._index(actor), i, type(exc).__name__)
+                self._mark_down(actor)
                 todo.insert(0, i)
                 if self._broadcast is not None:
                     self._stale.append(actor)
@@ -159,14 +188,74 @@ class RolloutGroup:
         self._last_metrics = _merge_statuses(statuses)
         return _concat.remote(*results)
 
+    def _wait_one(self, running: dict[Any, tuple[int, Any, Any, float]]) -> Any:
+        """The next finished chunk's status ref; None after killing the actors whose chunk has
+        run longer than ``rollout.timeout_s`` (Ray restarts them; their chunks then fail)."""
+        starts = [start for ref, (_, _, _, start) in running.items() if ref not in self._killed]
+        timeout = None if not starts else max(0.0, min(starts) + self.cfg.timeout_s - time.monotonic())
+        done, _ = ray.wait(list(running), num_returns=1, timeout=timeout)
+        if done:
+            return done[0]
+        now = time.monotonic()
+        for ref, (i, actor, _, start) in running.items():
+            if ref not in self._killed and now - start >= self.cfg.timeout_s:
+                logger.warning("rollout: actor %d gave no answer for chunk %d within rollout.timeout_s=%g s; "
+                               "killing it (Ray restarts it) to roll the chunk out again",
+                               self._index(actor), i, self.cfg.timeout_s)
+                ray.kill(actor, no_restart=False)
+                self._mark_down(actor)
+                self._killed.add(ref)  # its call fails once the kill lands: not killed twice
+        return None
+
+    def _mark_down(self, actor: Any) -> None:
+        """Note an actor's death (once until it answers again) against the restart budget."""
+        if not any(actor is a for a in self._down):
+            self._down.append(actor)
+            self.restarts.record(f"rollout actor {self._index(actor)}")
+
+    def _ready_for_chunk(self, actor: Any) -> bool:
+        """Caught up with the group's version and, if it died, answering again (a call sent
+        to an actor Ray is still restarting can fail at once)."""
+        if any(actor is a for a in self._down):
+            if not _responsive([actor], timeout=2.0):
+                return False
+            self._down = [a for a in self._down if a is not actor]
+        return self._caught_up(actor)
+
+    def _index(self, actor: Any) -> int:
+        return next((k for k, a in enumerate(self.actors) if a is actor), -1)
+
     def set_weights(self, weights_ref: Any, version: int) -> None:
-        """Push new policy weights (an ObjectRef of the state dict) to every worker."""
+        """Push new policy weights (an ObjectRef of the state dict) to every worker.
+
+        An actor that dies during the sync, or gives no answer within
+        ``rollout.weight_sync_timeout_s`` (it is then killed), does not stop the step: once
+        restarted it loads these weights before its next chunk."""
         self._weights_ref, self.version = weights_ref, version
         if self._local is not None:
             self._local.update_weights(ray.get(weights_ref) if isinstance(weights_ref, ray.ObjectRef)
                                        else weights_ref, version)
             return
-        ray.get([a.update_weights.remote(weights_ref, version) for a in self.actors])
+        actors = _responsive(self.actors)  # a restarting actor catches up at its next chunk
+        refs = [a.update_weights.remote(weights_ref, version) for a in actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.weight_sync_timeout_s)
+        for actor, ref in zip(actors, refs, strict=True):
+            k = self._index(actor)
+            if ref not in ready:
+                logger.warning("weight sync: rollout actor %d gave no answer within rollout.weight_sync_timeout_s="
+                               "%g s; killing it (it loads version %d before its next chunk)", k,
+                               self.cfg.weight_sync_timeout_s, version)
+                ray.kill(actor, no_restart=False)
+                self._mark_down(actor)
+                continue
+            try:
+                ray.get(ref)
+            except RayActorError as exc:
+                if exc.actor_id not in (None, actor._actor_id.hex()):
+                    raise  # not this actor: the weights' producer (the learner) failed
+                logger.warning("weight sync: rollout actor %d died (%s); it loads version %d before its "
+                               "next chunk", k, type(exc).__name__, version)
+                self._mark_down(actor)
 
     @property
     def broadcasting(self) -> bool:

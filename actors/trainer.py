@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from actors.learner import LearnerGroup
+from actors.learner import LearnerFailure, LearnerGroup
 from actors.retrieval import RetrievalGroup
 from actors.reward import RewardGroup, corpus_idf
 from actors.rollout import RolloutGroup
@@ -42,8 +43,7 @@ TIME_STEP = "time/step_s"
 TIME_DRIVER = "time/driver_overhead_s"
 
 
-class LearnerFailure(RuntimeError):
-    """A learner rank died: the step cannot finish; resume from the last checkpoint."""
+__all__ = ["LearnerFailure", "PhaseTimeout", "StePPOTrainer", "check_fits", "required_resources"]
 
 
 class PhaseTimeout(RuntimeError):
@@ -170,12 +170,13 @@ class StePPOTrainer:
             reward_ref = self.reward.score_ref(traj_ref)
             try:
                 return reward_ref, ray.get(_reward_summary.remote(reward_ref), timeout=timeout)
-            except GetTimeoutError as exc:
+            except (GetTimeoutError, RayActorError) as exc:  # hung, or died past Ray's restarts
                 if attempt == 2:
                     raise PhaseTimeout(f"reward: the reward actors did not score step {self.step + 1}'s batch "
                                        f"within trainer.reward_timeout_s={timeout:g} s, twice") from exc
-                logger.warning("reward: no answer within %g s; replacing the reward actors and scoring again",
-                               timeout)
+                logger.warning("reward: %s; replacing the reward actors and scoring again",
+                               f"no answer within {timeout:g} s" if isinstance(exc, GetTimeoutError)
+                               else f"a reward actor died ({type(exc).__name__})")
                 self.reward.restart()
         raise AssertionError("unreachable")
 
@@ -183,12 +184,20 @@ class StePPOTrainer:
                ) -> dict[str, float]:
         """One PPO update; a dead learner rank fails the step with a clear message."""
         assert self.learner is not None
-        try:
+        with self._learner_phase(f"step {self.step + 1}'s update"):
             return self.learner.update(traj_ref, reward_ref, batch_size, update_policy)
-        except RayActorError as exc:
+
+    @contextmanager
+    def _learner_phase(self, what: str) -> Iterator[None]:
+        """A learner failure (rank died, failed or hung) in ``what`` becomes ``LearnerFailure``
+        with the resume command."""
+        try:
+            yield
+        except (LearnerFailure, RayError) as exc:
             raise LearnerFailure(
-                f"a learner rank died during step {self.step + 1}; resume with trainer.resume=auto "
-                f"trainer.run_dir={self.run_dir} (last checkpoint: {latest_checkpoint(self.run_dir)})") from exc
+                f"{exc if isinstance(exc, LearnerFailure) else f'learner: {type(exc).__name__}'} during {what}; "
+                f"resume with trainer.resume=auto trainer.run_dir={self.run_dir} "
+                f"(last checkpoint: {latest_checkpoint(self.run_dir)})") from exc
 
     def sync_weights(self) -> None:
         """Learner -> every rollout worker, in place; the policy version becomes the step.
@@ -196,10 +205,12 @@ class StePPOTrainer:
         One broadcast from learner rank 0 (issue 22), or with ``rollout.weight_sync=object_store``
         (and the hf engine or an in-process worker) a state dict through the object store."""
         assert self.learner is not None and self.rollout_group is not None
-        if self.rollout_group.broadcasting:
-            self.rollout_group.sync_broadcast(self.step)
-        else:
-            self.rollout_group.set_weights(self.learner.export_weights_ref(), self.step)
+        # Rollout actors' deaths are absorbed by the group; what is left is the learner's.
+        with self._learner_phase(f"the weight sync of version {self.step}"):
+            if self.rollout_group.broadcasting:
+                self.rollout_group.sync_broadcast(self.step)
+            else:
+                self.rollout_group.set_weights(self.learner.export_weights_ref(), self.step)
 
     def train_step(self) -> dict[str, float]:
         """One StePPO step; returns its metrics with the time split."""
@@ -257,7 +268,8 @@ class StePPOTrainer:
         """Learner state + trainer state, visible only once complete."""
         assert self.learner is not None
         staging = begin_checkpoint(self.run_dir, self.step)
-        self.learner.save_checkpoint(str(staging / "learner"))
+        with self._learner_phase(f"the checkpoint of step {self.step}"):
+            self.learner.save_checkpoint(str(staging / "learner"))
         return commit_checkpoint(staging, {"step": self.step, "sampler": self.sampler.state_dict(),
                                            "seed": self.cfg.seed, "model_path": self.model_path,
                                            IDENTITY_KEY: run_identity(self.cfg, self.model_path),

@@ -7,6 +7,7 @@ broadcast, or a catch-up of one restarted engine before its next chunk. An engin
 mid-broadcast makes the sender fail fast (gloo: the peer closed) or time out
 (``rollout.weight_sync_timeout_s``); the learner ranks stay in step, the group is
 re-formed with the engines still alive and they get the weights again, so the step goes on.
+A learner rank that fails or hangs while sending raises ``LearnerFailure``.
 Only the manifest (names, shapes, offsets) crosses Ray.
 """
 
@@ -87,7 +88,7 @@ class BroadcastSync:
         sent = [a.broadcast_weights.remote(manifest) for a in ranks]
         received = [a.receive_weights.remote(manifest, version, self.timeout_s) for a in targets]
         deadline = self.timeout_s * (1 + self._buckets) + 60.0
-        ok = bool(ray.get(sent, timeout=deadline)[0])
+        ok = bool(self.learner.collect("weight broadcast", sent, ranks, timeout=deadline)[0])
         failed = []
         for actor, ref in zip(targets, received, strict=True):
             try:
@@ -109,7 +110,9 @@ class BroadcastSync:
 
     def _manifest_ref(self) -> Any:
         if self._manifest is None:  # shapes never change: planned once
-            self._manifest = ray.put(ray.get(self.learner.policy_ranks[0].weight_manifest.remote()))
+            rank0 = self.learner.policy_ranks[0]
+            plan = self.learner.collect("weight manifest", [rank0.weight_manifest.remote()], [rank0])[0]
+            self._manifest = ray.put(plan)
         return self._manifest
 
     def _form(self, targets: list[Any]) -> None:

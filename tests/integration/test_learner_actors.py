@@ -145,3 +145,44 @@ def test_bf16_on_cpu_accumulates_updates_below_bf16_resolution(ray_cluster: dict
     moved = (weights[name].float() != start)[coarse].float().mean().item()
     assert moved > 0.2, f"only {moved:.1%} of the coarse weights moved"
     assert all(np.isfinite(m[ppo.POLICY_LOSS]) for m in metrics)
+
+
+def test_a_hung_learner_rank_fails_the_update_naming_the_phase_and_the_rank(
+        ray_cluster: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real hang (the test-only STEPSEARCH_TEST_HANG knob sleeps inside ``ppo_update``):
+    ``learner.timeout_s`` later the update raises ``LearnerFailure``; a failing rank (a
+    non-finite update limit reached inside the rank) raises it with the rank's own message."""
+    import ray
+
+    from actors.learner import LearnerFailure, LearnerGroup
+    from workers.faults import HANG_ENV
+
+    model_path = make_tiny_model(tmp_path / "tiny")
+    traj, reward = make_batch(B=8)
+    traj_ref, reward_ref = ray.put(traj), ray.put(reward)
+    flag = tmp_path / "hung"
+    monkeypatch.setenv(HANG_ENV, f"learner_update:600:{flag}")
+    cfg = LearnerConfig(engine="torch", mini_batch_size=8, micro_batch_size=4)
+    group = LearnerGroup(cfg, model_path, seed=0)
+    try:
+        flag.touch()  # a first update without the hang (start-up is slow on a busy machine)
+        group.update(traj_ref, reward_ref, batch_size=8)
+        flag.unlink()
+        group.cfg = replace(cfg, timeout_s=30.0)
+        with pytest.raises(LearnerFailure) as failure:
+            group.update(traj_ref, reward_ref, batch_size=8)  # forward passes fine, then the rank hangs
+    finally:
+        group.shutdown()
+    assert flag.exists()  # it did hang
+    assert str(failure.value) == "learner update: policy rank 0 gave no answer within 30 s (learner.timeout_s=30)"
+
+    nan_reward = replace(reward, token_rewards=np.full_like(reward.token_rewards, np.nan))
+    group = LearnerGroup(replace(cfg, max_nonfinite_updates=1), model_path, seed=0)
+    try:
+        before = group.parameters()
+        with pytest.raises(LearnerFailure, match=r"learner update: policy rank 0 failed \(NonFiniteUpdates: 1 "
+                                                 r"optimizer steps in a row had a non-finite"):
+            group.update(traj_ref, ray.put(nan_reward), batch_size=8)
+        np.testing.assert_array_equal(group.parameters(), before)  # the NaN step never reached the weights
+    finally:
+        group.shutdown()

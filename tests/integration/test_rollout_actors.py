@@ -135,3 +135,54 @@ def test_a_killed_actor_is_restarted_with_current_weights_and_nothing_is_lost(
 
 def test_config_shape(toy: dict) -> None:
     assert replace(ROLLOUT, num_workers=0).num_workers == 0 and Path(toy["policy"]).is_dir()
+
+
+@pytest.fixture()
+def hf_group(ray_cluster: dict, toy: dict, retrieval, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Two hf-engine actors (quick to restart) whose first rollout chunk hangs for 10 minutes
+    (the test-only STEPSEARCH_TEST_HANG knob); ``rollout.timeout_s`` is 120 s, far above a
+    chunk's time even on a busy 2-core machine."""
+    from actors.rollout import RolloutGroup
+    from workers.faults import HANG_ENV
+
+    monkeypatch.setenv(HANG_ENV, f"rollout:600:{tmp_path / 'hung'}")
+    cfg = replace(ROLLOUT, engine="hf", timeout_s=120.0, weight_sync_timeout_s=120.0)
+    group = RolloutGroup(cfg, toy["policy"], retrieval.search, topk=2, dtype="float32", chunk_size=2)
+    yield group
+    group.shutdown()
+
+
+def test_a_hung_rollout_actor_is_killed_and_its_chunk_redone_once(toy: dict, hf_group, tmp_path: Path) -> None:
+    import ray
+
+    rows = toy["rows"][:8]
+    pids = hf_group.pids()
+    started = time.monotonic()
+    batch = ray.get(hf_group.rollout(rows, seed=3))
+    assert (tmp_path / "hung").exists()  # one chunk did hang
+    assert 120.0 <= time.monotonic() - started < 590.0  # killed at the timeout, not after the 600 s hang
+    assert sorted(batch.sample_ids) == sorted(f"{r.id}#0" for r in rows)  # none lost, none twice
+    assert hf_group.restarts.in_window == 1
+    assert len(set(hf_group.pids()) & set(pids)) == 1  # the hung actor was replaced, the other kept
+
+
+def test_an_actor_dying_in_an_object_store_weight_sync_catches_up_at_its_next_chunk(
+        toy: dict, hf_group, tmp_path: Path) -> None:
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "hung").touch()  # no hang in this test
+    weights = ray.put(AutoModelForCausalLM.from_pretrained(toy["policy"]).state_dict())
+    victim = hf_group.pids()[1]
+    killer = threading.Timer(0.05, os.kill, (victim, signal.SIGKILL))
+    killer.start()
+    hf_group.set_weights(weights, version=7)  # does not raise: the step goes on
+    killer.join()
+    # Counted when the sync saw it die; one it found already gone is left to its next chunk.
+    assert hf_group.restarts.in_window <= 1
+    assert victim not in hf_group.pids()  # waits for the restart, so both actors take chunks
+    rows = toy["rows"][8:16]
+    batch = ray.get(hf_group.rollout(rows, seed=4))
+    assert sorted(batch.sample_ids) == sorted(f"{r.id}#0" for r in rows)
+    assert batch.policy_version == 7
+    assert ray.get([a.version.remote() for a in hf_group.actors]) == [7, 7]  # the restarted one caught up

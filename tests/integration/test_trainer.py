@@ -165,6 +165,13 @@ def test_a_dead_learner_rank_fails_the_step_with_a_resume_hint(trainer) -> None:
     os.kill(_pids("LearnerWorker")[0], signal.SIGKILL)
     with pytest.raises(LearnerFailure, match=r"trainer.resume=auto"):
         trainer.train_step()
+    # Anywhere else the learner is needed too: the weight sync and the checkpoint.
+    with pytest.raises(LearnerFailure, match=r"learner weight export: policy rank 0 failed .*during the weight "
+                                             r"sync of version 1; resume with trainer.resume=auto"):
+        trainer.sync_weights()
+    with pytest.raises(LearnerFailure, match=r"learner checkpoint: .* failed .*during the checkpoint of step 1; "
+                                             r"resume with trainer.resume=auto"):
+        trainer.checkpoint()
 
 
 def test_critic_warmup_trains_the_critic_alone_before_step_one(trainer, tmp_path: Path, capsys) -> None:
@@ -190,3 +197,19 @@ def test_critic_warmup_trains_the_critic_alone_before_step_one(trainer, tmp_path
     assert trainer.step == 1 and "ppo/policy_loss" in first
     assert not np.allclose(trainer.learner.parameters(role="policy"), policy)
     assert trainer.warmup_critic() == []  # never after step 1 (a resumed run)
+
+
+def test_keep_checkpoints_keeps_the_newest_n_and_the_best(common: list[str], tmp_path: Path) -> None:
+    """trainer.keep_checkpoints=2 with a checkpoint and a validation every step: the newest
+    two stay, and the best by validation EM (the first step reaching the highest EM; the tiny
+    random policy scores 0 everywhere, so step 1) is kept beside them."""
+    from workers.tracking import read_metrics
+
+    run = _train([*common, "trainer.total_steps=4", "trainer.save_every=1", "trainer.eval_every=1",
+                  "trainer.keep_checkpoints=2", "trainer.eval_start=false", "rollout.engine=hf"], tmp_path / "run")
+    assert run.returncode == 0, run.stderr[-3000:]
+    ems = {r["step"]: r["eval/em"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/em" in r}
+    assert sorted(ems) == [1, 2, 3, 4]
+    best = min(step for step, em in ems.items() if em == max(ems.values()))
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == sorted({f"step_{s:06d}" for s in (best, 3, 4)}), kept

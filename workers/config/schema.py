@@ -256,6 +256,14 @@ class RolloutConfig:
     every vLLM worker, issue 22; the hf engine or num_workers=0 fall back) or object_store."""
     weight_sync_timeout_s: float = 60.0
     """Timeout of one weight-broadcast step; an engine dead mid-broadcast costs at most this."""
+    timeout_s: float = 1800.0
+    """Longest wait for one chunk of prompts from a rollout actor; a hung actor is then killed
+    (Ray restarts it) and the chunk is rolled out again, as after a crash."""
+    max_restarts: int = 3
+    """Rollout actor deaths (crashes, kills after a timeout) tolerated within
+    restart_window_s; one more ends the job."""
+    restart_window_s: float = 3600.0
+    """Window of max_restarts: older deaths no longer count."""
 
 
 @dataclass
@@ -365,6 +373,12 @@ class LearnerConfig:
     """Samples per no-grad forward pass on one rank (old/reference log-probs, values); None: micro_batch_size."""
     sync_bucket_mb: float = 256.0
     """Size of one weight-broadcast bucket in MiB (parameters gathered and sent together)."""
+    timeout_s: float = 3600.0
+    """Longest wait for a learner call (update, weight export or broadcast, checkpoint); the
+    run then fails with LearnerFailure and the resume command."""
+    max_nonfinite_updates: int = 3
+    """Optimizer steps in a row with a non-finite loss or gradient norm (each skipped and
+    counted in learner/skipped_updates) after which the run stops."""
 
 
 @dataclass

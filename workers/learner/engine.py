@@ -10,6 +10,13 @@ action tokens of the whole mini-batch (``ppo.token_mean``), so the gradient of t
 mini-batch is the *sum* over micro-batches and ranks. DeepSpeed divides by the
 accumulation steps (switched off with ``scale_wrt_gas=False``) and averages over ranks
 (undone by multiplying the loss by the world size).
+
+Non-finite gradients: an optimizer step whose gradient norm is inf or NaN (from a
+non-finite loss or an overflow) is skipped, leaving the weights and the optimizer state as
+they were; ``skipped()`` says so after each step. DeepSpeed's ZeRO optimizers (stages 1-3)
+and its bf16 optimizer skip such steps themselves (``skipped_steps``); for the plain
+optimizer of ZeRO-0 in fp32 the engine drops the gradients before the step, so the
+optimizer passes over every parameter.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class TrainEngine(Protocol):
     def step(self) -> None: ...
     def lr(self) -> float: ...
     def grad_norm(self) -> float: ...
+    def skipped(self) -> bool: ...
     def full_state_dict(self) -> dict[str, Tensor]: ...
     def save(self, directory: str) -> None: ...
     def load(self, directory: str) -> None: ...
@@ -151,6 +159,7 @@ class DeepSpeedEngine:
         self.module: nn.Module = self.engine.module
         self.world_size = world_size
         self._last_grad_norm = 0.0
+        self._skipped = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.engine(*args, **kwargs)
@@ -163,17 +172,39 @@ class DeepSpeedEngine:
         manual = boundary and self.engine.zero_optimization_stage() == 0
         # ZeRO-0 does not record the norm; its gradients are whole and reduced by now.
         pre_norm = _grad_norm(self.module) if manual else None
-        self.engine.step()
+        skipped_before = self.engine.skipped_steps
+        own_skip = (pre_norm is not None and not math.isfinite(pre_norm)
+                    and not hasattr(self.engine.optimizer, "overflow"))
+        if own_skip:
+            self._step_without_gradients()
+        else:
+            self.engine.step()
         if boundary:
             norm = self.engine.get_global_grad_norm()
-            norm = pre_norm if norm is None else norm
+            norm = pre_norm if norm is None or own_skip else norm
             self._last_grad_norm = float(norm) if norm is not None else float("nan")
+            self._skipped = own_skip or self.engine.skipped_steps > skipped_before
+
+    def _step_without_gradients(self) -> None:
+        """DeepSpeed's step with every gradient dropped: the optimizer passes over each parameter
+        (weights and optimizer state stay as they were); DeepSpeed's own clipping, which fails
+        without any gradient, is off for this one step."""
+        self.engine.zero_grad()
+        clip = self.engine._config.gradient_clipping
+        self.engine._config.gradient_clipping = 0.0
+        try:
+            self.engine.step()
+        finally:
+            self.engine._config.gradient_clipping = clip
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
     def grad_norm(self) -> float:
         return self._last_grad_norm
+
+    def skipped(self) -> bool:
+        return self._skipped
 
     def full_state_dict(self) -> dict[str, Tensor]:
         return gathered_state_dict(self.module, self.engine.zero_optimization_stage() == 3)
@@ -257,6 +288,7 @@ class TorchEngine:
         self.accumulation = accumulation_steps(cfg, 1)
         self._micro = 0
         self._last_grad_norm = 0.0
+        self._skipped = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -270,8 +302,10 @@ class TorchEngine:
             return
         params = [p for p in self.module.parameters() if p.requires_grad]
         self._last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
-        self.optimizer.step()
-        self.scheduler.step()
+        self._skipped = not math.isfinite(self._last_grad_norm)
+        if not self._skipped:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def lr(self) -> float:
@@ -279,6 +313,9 @@ class TorchEngine:
 
     def grad_norm(self) -> float:
         return self._last_grad_norm
+
+    def skipped(self) -> bool:
+        return self._skipped
 
     def full_state_dict(self) -> dict[str, Tensor]:
         return gathered_state_dict(self.module, zero3=False)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from workers import weight_sync as ws
 from workers.config import LearnerConfig
+from workers.faults import hang_point
 from workers.learner import engine as eng
 from workers.learner import model as mdl
 from workers.learner import ppo
@@ -36,6 +37,14 @@ GRAD_NORM = "ppo/grad_norm"
 CRITIC_GRAD_NORM = "ppo/critic_grad_norm"
 LR = "ppo/lr"
 SFT_LOSS = "sft/loss"
+SKIPPED_UPDATES = "learner/skipped_updates"
+"""Optimizer steps of an update skipped for a non-finite loss or gradient norm (a count)."""
+
+
+class NonFiniteUpdates(RuntimeError):
+    """``learner.max_nonfinite_updates`` optimizer steps in a row had a non-finite gradient norm."""
+
+
 _SUMMED = (ppo.POLICY_LOSS, ppo.VALUE_LOSS, ppo.APPROX_KL, ppo.CLIPFRAC, ppo.VALUE_CLIPFRAC,
            ppo.ENTROPY, ppo.KL_LOSS, SFT_LOSS)
 """Update metrics that are token means over the global mini-batch: ranks add them up."""
@@ -66,6 +75,7 @@ class LearnerWorker:
         self.ref: eng.DeepSpeedInference | None = None
         self.critic: eng.TrainEngine | None = None
         self.updates = 0
+        self.nonfinite_in_row = 0
         self.device = torch.device("cuda" if eng.uses_cuda() else "cpu")
         self._weight_group: ws.WeightGroup | None = None
 
@@ -190,6 +200,7 @@ class LearnerWorker:
         ``update_policy=False`` trains the critic alone (critic warmup).
         Returns update metrics averaged over mini-batches (token means summed over ranks).
         """
+        hang_point("learner_update")
         totals: dict[str, float] = {}
         steps = 0
         for epoch in range(self.cfg.ppo_epochs):
@@ -197,13 +208,32 @@ class LearnerWorker:
             for mb in minibatches(len(batch), self.cfg.mini_batch_size, order_seed):
                 num_tokens = float(batch.action_mask[mb].sum())
                 mine = shard_indices(mb, self.rank, self.world_size)
-                for key, value in self._minibatch_step(batch, targets, mine, num_tokens,
-                                                       update_policy).items():
+                sums = self._minibatch_step(batch, targets, mine, num_tokens, update_policy)
+                self._count_nonfinite(sums)
+                for key, value in sums.items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
         self.updates += 1
         metrics = {k: v / max(steps, 1) for k, v in totals.items()}
+        metrics[SKIPPED_UPDATES] = totals.get(SKIPPED_UPDATES, 0.0)
         return self._reduce_over_ranks(metrics)
+
+    def _count_nonfinite(self, sums: dict[str, float]) -> None:
+        """Track skipped steps in a row; too many stop the run. A skipped step's non-finite
+        numbers are left out of the update's means."""
+        if not sums.get(SKIPPED_UPDATES):
+            self.nonfinite_in_row = 0
+            return
+        self.nonfinite_in_row += 1
+        for key in [k for k, v in sums.items() if not np.isfinite(v)]:
+            del sums[key]
+        logger.warning("learner: optimizer step skipped (non-finite loss or gradient norm), %d in a row",
+                       self.nonfinite_in_row)
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite_updates:
+            raise NonFiniteUpdates(
+                f"{self.nonfinite_in_row} optimizer steps in a row had a non-finite loss or gradient norm "
+                f"(learner.max_nonfinite_updates={self.cfg.max_nonfinite_updates}); none reached the weights. "
+                "Lower the learning rates or check the rewards, then resume from the last checkpoint")
 
     def sft_update(self, batch: TrajectoryBatch) -> dict[str, float]:
         """One pass of supervised fine-tuning: cross-entropy on the action tokens only.
@@ -258,6 +288,8 @@ class LearnerWorker:
             sums[GRAD_NORM], sums[LR] = policy.grad_norm(), policy.lr()
         if self.critic is not None:
             sums[CRITIC_GRAD_NORM] = self.critic.grad_norm()
+        engines = [e for e in (policy, self.critic if targets.old_values is not None else None) if e is not None]
+        sums[SKIPPED_UPDATES] = float(any(e.skipped() for e in engines))
         return sums
 
     def _policy_micro_step(self, inputs: mdl.ModelInputs, response: Tensor, mask: Tensor,
@@ -297,6 +329,7 @@ class LearnerWorker:
         """The full policy state dict under Hugging Face names (ZeRO-3: all ranks call)."""
         if self.policy is None:
             raise RuntimeError("export_weights needs the policy role")
+        hang_point("learner_export")
         return self.policy.full_state_dict()
 
     def weight_manifest(self) -> ws.Manifest:
@@ -343,6 +376,7 @@ class LearnerWorker:
     def save_checkpoint(self, directory: str) -> None:
         """Engines (model, optimizer, scheduler), per-rank RNG state, and on rank 0 a
         Hugging Face export of the policy under ``directory/hf``. All ranks call."""
+        hang_point("learner_checkpoint")
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         if self.policy is not None:
