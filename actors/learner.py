@@ -31,8 +31,9 @@ from ray.util.placement_group import (
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.config import LearnerConfig
-from workers.learner.data import PPOBatch, build_ppo_batch, rank_range
+from workers.learner.data import PPOBatch, build_ppo_batch
 from workers.learner.worker import LearnerWorker
+from workers.sharding import rank_range
 from workers.types import RewardBatch, TrajectoryBatch
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +130,3 @@ def test_a_killed_actor_is_restarted_with_current_weights_and_nothing_is_lost(
         rows[:1], rollout_group.version, [rollout_group._weights_ref])[1]
     assert ray.get(ref).policy_version == rollout_group.version
 
-
-def test_config_shape(toy: dict) -> None:
-    assert replace(ROLLOUT, num_workers=0).num_workers == 0 and Path(toy["policy"]).is_dir()

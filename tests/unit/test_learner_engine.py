@@ -17,8 +17,9 @@ import torch
 from workers.config import LearnerConfig
 from workers.learner import model as mdl
 from workers.learner import ppo
-from workers.learner.data import PPOBatch, build_ppo_batch, minibatches, shard_indices
+from workers.learner.data import PPOBatch, build_ppo_batch, minibatches
 from workers.learner.worker import LearnerWorker
+from workers.sharding import shard_indices
 from workers.types import GroundTruth, RewardBatch, TrajectoryBatch
 
 VOCAB = 512

@@ -27,7 +27,9 @@ from workers.config import LearnerConfig
 from workers.learner import engine as eng
 from workers.learner import model as mdl
 from workers.learner import ppo
-from workers.learner.data import PPOBatch, minibatches, rank_range, shard_indices
+from workers.learner.data import PPOBatch, minibatches
+from workers.seeds import mix_seed
+from workers.sharding import rank_range, shard_indices
 from workers.types import TrajectoryBatch
 
 logger = logging.getLogger(__name__)
@@ -169,16 +171,6 @@ class LearnerWorker:
         mask = torch.from_numpy(batch.action_mask[lo:hi].astype(np.float32))
         return {k: (torch.cat(v).cpu() * mask).numpy() for k, v in out.items()}
 
-    def compute_logprobs(self, batch: TrajectoryBatch, lo: int | None = None,
-                         hi: int | None = None) -> dict[str, np.ndarray]:
-        """old_logprobs and ref_logprobs of a shard (policy ranks)."""
-        return {k: v for k, v in self.compute(batch, lo, hi).items() if k != "values"}
-
-    def compute_values(self, batch: TrajectoryBatch, lo: int | None = None,
-                       hi: int | None = None) -> np.ndarray:
-        """Critic values of a shard (critic ranks).  # (hi-lo, T)"""
-        return self.compute(batch, lo, hi)["values"]
-
     # ------------------------------------------------------------------ PPO update
 
     def ppo_update(self, batch: TrajectoryBatch, targets: PPOBatch, update_policy: bool = True
@@ -193,7 +185,7 @@ class LearnerWorker:
         totals: dict[str, float] = {}
         steps = 0
         for epoch in range(self.cfg.ppo_epochs):
-            order_seed = self.seed * 1_000_003 + self.updates * 1_009 + epoch
+            order_seed = mix_seed(self.seed, self.updates * 1_009 + epoch)
             for mb in minibatches(len(batch), self.cfg.mini_batch_size, order_seed):
                 num_tokens = float(batch.action_mask[mb].sum())
                 mine = shard_indices(mb, self.rank, self.world_size)
@@ -215,7 +207,7 @@ class LearnerWorker:
         if self.policy is None:
             raise RuntimeError("sft_update needs the policy role")
         totals = {SFT_LOSS: 0.0, GRAD_NORM: 0.0}
-        batches = minibatches(len(batch), self.cfg.mini_batch_size, self.seed * 1_000_003 + self.updates)
+        batches = minibatches(len(batch), self.cfg.mini_batch_size, mix_seed(self.seed, self.updates))
         self.policy.module.train()
         for mb in batches:
             n = max(float(batch.action_mask[mb].sum()), 1.0)
@@ -390,18 +382,3 @@ class LearnerWorker:
 def _is_weight_file(name: str) -> bool:
     return name.endswith((".safetensors", ".bin", ".pt", ".index.json"))
 
-
-class PolicyWorker(LearnerWorker):
-    """A rank of the policy and its frozen reference."""
-
-    def __init__(self, cfg: LearnerConfig, model_path: str, seed: int = 0,
-                 total_steps: int = 0) -> None:
-        super().__init__(cfg, model_path, ("policy",), seed, total_steps)
-
-
-class CriticWorker(LearnerWorker):
-    """A rank of the critic."""
-
-    def __init__(self, cfg: LearnerConfig, model_path: str, seed: int = 0,
-                 total_steps: int = 0) -> None:
-        super().__init__(cfg, model_path, ("critic",), seed, total_steps)

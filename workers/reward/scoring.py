@@ -33,6 +33,7 @@ from workers.reward.metrics import (
     format_ok,
     search_key_score,
 )
+from workers.sharding import shard_range
 from workers.types import GroundTruth, RewardBatch, TrajectoryBatch, Turn, support_doc_contents
 
 logger = logging.getLogger(__name__)
@@ -199,24 +200,6 @@ def _check_columns(batch: TrajectoryBatch) -> None:
     if batch.action_mask.shape != batch.response_ids.shape:
         raise ValueError(f"TrajectoryBatch.action_mask has shape {batch.action_mask.shape}, "
                          f"response_ids {batch.response_ids.shape}")
-
-
-def shard_range(size: int, shard: int, num_shards: int) -> tuple[int, int]:
-    """``[start, stop)`` of shard ``shard`` when ``size`` items split into ``num_shards``.
-
-    >>> [shard_range(5, k, 3) for k in range(3)]
-    [(0, 2), (2, 4), (4, 5)]
-    """
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"shard {shard} is outside [0, {num_shards})")
-    base, extra = divmod(size, num_shards)
-    start = shard * base + min(shard, extra)
-    return start, start + base + (shard < extra)
-
-
-def empty_reward_batch(num_tokens: int) -> RewardBatch:
-    """A ``RewardBatch`` of zero samples with ``num_tokens`` columns (an empty shard)."""
-    return _stack([], num_tokens)
 
 
 def _stack(rows: Sequence[tuple[TrajectoryScore, np.ndarray, int]], num_tokens: int) -> RewardBatch:
