@@ -242,12 +242,18 @@ def plot_arms(runs: dict[str, list[dict[str, Any]]], out: Path) -> Path:
     return out
 
 
-def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[str, Any]:
-    """SFT (unless given), the SFT policy's held-out numbers, then every arm x seed."""
+def seeds_and_arms(args: dict[str, str]) -> tuple[list[int], list[str]]:
+    """The ``seeds=`` and ``arms=`` tool arguments (defaults: 1,2,3 and both reward presets)."""
     seeds = _ints(args.get("seeds", "1,2,3"), "seeds")
     arms = [a for a in args.get("arms", "stepsearch,outcome_only").split(",") if a]
     if not seeds or not arms:
         raise ConfigError("seeds" if not seeds else "arms", "needs at least one value")
+    return seeds, arms
+
+
+def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """SFT (unless given), the SFT policy's held-out numbers, then every arm x seed."""
+    seeds, arms = seeds_and_arms(args)
     policy = args.get("sft_policy")
     if policy:
         if not (Path(policy) / "config.json").is_file():
@@ -300,13 +306,18 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
         "sft_included": "sft_policy" not in args,
         "command": " ".join(["python -m launch.experiments.toyworld_learning", *sys.argv[1:]]),
     }
+    write_results(results, {ARM_NAMES.get(arm, arm): runs[arm] for arm in arms}, out)
+    return results
+
+
+def write_results(results: dict[str, Any], runs: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    """The JSON, the markdown table and the plot in ``out``; the table and paths printed."""
     (out / "toyworld_learning.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "toyworld_learning.md").write_text(markdown_table(results))
-    plot_arms({ARM_NAMES.get(arm, arm): runs[arm] for arm in arms}, out / "toyworld_learning.png")
+    plot_arms(runs, out / "toyworld_learning.png")
     print(markdown_table(results))
     print(f"results: {out / 'toyworld_learning.json'}  plot: {out / 'toyworld_learning.png'}  "
           f"wall {results['wall_s']:.0f} s")
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
