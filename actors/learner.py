@@ -81,8 +81,10 @@ class LearnerGroup:
     """The learner's ranks: build, rendezvous, compute, update, export, checkpoint."""
 
     def __init__(self, cfg: LearnerConfig, model_path: str, *, seed: int = 0,
-                 total_steps: int = 0, group_size: int = 1, temperature: float = 1.0) -> None:
+                 total_steps: int = 0, group_size: int = 1, temperature: float = 1.0,
+                 trust_remote_code: bool = False) -> None:
         self.cfg, self.group_size = cfg, group_size
+        self.trust_remote_code = trust_remote_code
         W = cfg.num_ranks
         needs_critic = cfg.advantage_estimator == "gae"
         if cfg.colocate_critic or not needs_critic:
@@ -116,7 +118,7 @@ class LearnerGroup:
         return [cls.options(num_cpus=self.cfg.num_cpus_per_rank,
                             num_gpus=self.cfg.num_gpus_per_rank,
                             scheduling_strategy=self._bundle(offset + r)).remote(
-                    self.cfg, model_path, roles, seed, total_steps, temperature)
+                    self.cfg, model_path, roles, seed, total_steps, temperature, self.trust_remote_code)
                 for r in range(self.cfg.num_ranks)]
 
     @property

@@ -88,7 +88,8 @@ class Session:
         assert self.learner is None, "the session already has a learner"
         self.learner = self._own(LearnerGroup(learner, self.model_path, seed=self.cfg.seed,
                                               total_steps=total_steps, group_size=group_size,
-                                              temperature=temperature))
+                                              temperature=temperature,
+                                              trust_remote_code=self.cfg.model.trust_remote_code))
         if broadcast and self.rollout_group is not None:
             self.rollout_group.use_broadcast(BroadcastSync(self.learner, self.cfg.rollout.weight_sync_timeout_s))
         return self.learner

@@ -55,14 +55,17 @@ class LearnerWorker:
     """One rank holding the policy with its reference and/or the critic (``roles``)."""
 
     def __init__(self, cfg: LearnerConfig, model_path: str, roles: Sequence[str] = ("policy",),
-                 seed: int = 0, total_steps: int = 0, temperature: float = 1.0) -> None:
+                 seed: int = 0, total_steps: int = 0, temperature: float = 1.0,
+                 trust_remote_code: bool = False) -> None:
         """``temperature``: the rollouts' sampling temperature, at which PPO scores the
-        policy's and the reference's tokens (SFT always trains the plain logits)."""
+        policy's and the reference's tokens (SFT always trains the plain logits).
+        ``trust_remote_code``: ``model.trust_remote_code``, as the rollout engines get it."""
         unknown = set(roles) - {"policy", "critic"}
         if unknown or not roles:
             raise ValueError(f"roles must be policy and/or critic, got {list(roles)}")
         self.cfg, self.model_path, self.roles = cfg, model_path, tuple(roles)
         self.seed, self.total_steps, self.temperature = seed, total_steps, temperature
+        self.trust_remote_code = trust_remote_code
         self.rank, self.world_size = 0, 1
         self.policy: eng.TrainEngine | None = None
         self.ref: eng.DeepSpeedInference | None = None
@@ -88,7 +91,7 @@ class LearnerWorker:
             raise ValueError("learner.engine=torch runs one rank; use deepspeed for more")
         self._seed_all(self.seed)
         dtype = torch.float32  # master weights; DeepSpeed casts to bf16 on GPUs itself
-        gc, trc = self.cfg.gradient_checkpointing, False
+        gc, trc = self.cfg.gradient_checkpointing, self.trust_remote_code
         if "policy" in self.roles:
             module = mdl.load_causal_lm(self.model_path, dtype, gc, trc)
             self.policy = eng.build_engine(module, self.cfg, self.cfg.actor_lr, world_size,
