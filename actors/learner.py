@@ -125,29 +125,39 @@ class LearnerGroup:
     def all_ranks(self) -> list[Any]:
         return [a for ranks in self.sets for a in ranks]
 
-    def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
-                values_only: bool = False) -> tuple[Any, dict[str, float]]:
-        """Log-probs, reference log-probs and values on every rank's shard, then the targets.
-
-        ``values_only`` (critic warmup) runs the critic's forward passes alone, on the ranks
-        that hold it. Returns the ``PPOBatch`` ObjectRef and the batch-level metrics.
-        """
+    def forward(self, traj_ref: Any, batch_size: int | None = None, values_only: bool = False) -> list[Any]:
+        """Start the log-prob, reference log-prob and value passes on every rank's shard and
+        return their ObjectRefs at once: they need the trajectories only, so they run while
+        the rewards are scored (issue 25). ``values_only`` (critic warmup) runs the critic's
+        passes alone, on the ranks that hold it."""
         if batch_size is None:
             batch_size = len(ray.get(traj_ref))
         W = self.cfg.num_ranks
         sets = [self.critic_ranks or self.policy_ranks] if values_only else self.sets
-        parts = [a.compute.remote(traj_ref, *rank_range(batch_size, r, W), values_only)
-                 for ranks in sets for r, a in enumerate(ranks)]
+        return [a.compute.remote(traj_ref, *rank_range(batch_size, r, W), values_only)
+                for ranks in sets for r, a in enumerate(ranks)]
+
+    def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
+                values_only: bool = False, parts: list[Any] | None = None) -> tuple[Any, dict[str, float]]:
+        """The forward passes (``parts`` from ``forward``, else started now), then the targets.
+
+        Returns the ``PPOBatch`` ObjectRef and the batch-level metrics.
+        """
+        if parts is None:
+            parts = self.forward(traj_ref, batch_size, values_only)
+        W = self.cfg.num_ranks
         targets_ref, stats_ref = _build_targets.remote(traj_ref, reward_ref, self.cfg,
                                                        self.group_size, W, values_only, *parts)
         return targets_ref, ray.get(stats_ref)
 
     def update(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
-               update_policy: bool = True) -> dict[str, float]:
+               update_policy: bool = True, parts: list[Any] | None = None) -> dict[str, float]:
         """One StePPO update on a rollout batch; returns its metrics (``ppo/...`` keys).
 
-        ``update_policy=False`` trains the critic alone (critic warmup)."""
-        targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size, values_only=not update_policy)
+        ``update_policy=False`` trains the critic alone (critic warmup); ``parts``: the
+        batch's forward passes already started by ``forward``."""
+        targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size, values_only=not update_policy,
+                                          parts=parts)
         results = ray.get([a.ppo_update.remote(traj_ref, targets_ref, update_policy)
                            for a in self.all_ranks])
         metrics = dict(stats)

@@ -27,7 +27,7 @@ from actors.session import Session
 from workers.config import Config, ConfigError
 from workers.data.loader import PromptSampler
 from workers.data.rows import QARow, read_rows
-from workers.reward import reward_metrics
+from workers.reward import RewardTotals
 from workers.run_identity import IDENTITY_KEY, read_state, run_identity
 from workers.seeds import mix_seed
 from workers.tracking import latest_checkpoint
@@ -48,11 +48,6 @@ class LearnerFailure(RuntimeError):
 
 class PhaseTimeout(RuntimeError):
     """A phase of the step waited longer than its ``trainer.*_timeout_s``."""
-
-
-@ray.remote(num_cpus=0)
-def _reward_summary(rewards: Any) -> dict[str, float]:
-    return reward_metrics(rewards)
 
 
 def required_resources(cfg: Config) -> dict[str, float]:
@@ -154,14 +149,15 @@ class StePPOTrainer:
         return self.session.rollout(rows, greedy=greedy, seed=seed)
 
     def score(self, traj_ref: Any) -> tuple[Any, dict[str, float]]:
-        """Token rewards (ObjectRef) and their batch summary. Reward actors that do not answer
-        within ``trainer.reward_timeout_s`` are replaced and the batch is scored once more."""
+        """Token rewards (ObjectRef) and their batch metrics, summed from the totals each reward
+        shard returns beside its rewards. Reward actors that do not answer within
+        ``trainer.reward_timeout_s`` are replaced and the batch is scored once more."""
         assert self.reward is not None
         timeout = self.cfg.trainer.reward_timeout_s
         for attempt in (1, 2):
-            reward_ref = self.reward.score_ref(traj_ref)
+            reward_ref, totals_refs = self.reward.score_with_totals(traj_ref)
             try:
-                return reward_ref, ray.get(_reward_summary.remote(reward_ref), timeout=timeout)
+                return reward_ref, sum(ray.get(totals_refs, timeout=timeout), RewardTotals()).metrics()
             except GetTimeoutError as exc:
                 if attempt == 2:
                     raise PhaseTimeout(f"reward: the reward actors did not score step {self.step + 1}'s batch "
@@ -171,12 +167,13 @@ class StePPOTrainer:
                 self.reward.restart()
         raise AssertionError("unreachable")
 
-    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int, update_policy: bool = True
-               ) -> dict[str, float]:
-        """One PPO update; a dead learner rank fails the step with a clear message."""
+    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int, update_policy: bool = True,
+               parts: list[Any] | None = None) -> dict[str, float]:
+        """One PPO update (``parts``: its forward passes, already started); a dead learner
+        rank fails the step with a clear message."""
         assert self.learner is not None
         try:
-            return self.learner.update(traj_ref, reward_ref, batch_size, update_policy)
+            return self.learner.update(traj_ref, reward_ref, batch_size, update_policy, parts)
         except RayActorError as exc:
             raise LearnerFailure(
                 f"a learner rank died during step {self.step + 1}; resume with trainer.resume=auto "
@@ -217,11 +214,13 @@ class StePPOTrainer:
         traj_ref = _timed(timed, TIME_ROLLOUT, lambda: self.rollout(rows, seed=seed))
         assert self.rollout_group is not None
         metrics = dict(self.rollout_group.metrics())
-        reward_ref, reward_stats = _timed(timed, TIME_REWARD, lambda: self.score(traj_ref))
         batch = len(rows) * self.cfg.rollout.n_samples
+        assert self.learner is not None  # its forward passes need no rewards: they run during scoring
+        parts = self.learner.forward(traj_ref, batch, values_only=not update_policy)
+        reward_ref, reward_stats = _timed(timed, TIME_REWARD, lambda: self.score(traj_ref))
         metrics.update(reward_stats)
         metrics.update(_timed(timed, TIME_LEARN,
-                              lambda: self.update(traj_ref, reward_ref, batch, update_policy)))
+                              lambda: self.update(traj_ref, reward_ref, batch, update_policy, parts)))
         if update_policy:
             self.step += 1
             _timed(timed, TIME_SYNC, self.sync_weights)

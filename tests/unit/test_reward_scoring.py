@@ -28,6 +28,7 @@ from workers.config import ConfigError, RewardConfig
 from workers.reward import (
     CorpusIdf,
     MalformedTrajectoryError,
+    RewardTotals,
     RewardWorker,
     concat_reward_batches,
     information_gains,
@@ -218,6 +219,20 @@ def test_reward_metrics() -> None:
     assert metrics["reward/info_gain"] == pytest.approx(0.5)
     assert metrics["reward/redundancy"] == pytest.approx(0.5)
     assert metrics["reward/num_searches"] == 2.0
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 5])
+def test_shard_totals_add_up_to_the_whole_batchs_metrics(num_shards: int) -> None:
+    batch, worker = three_samples(), RewardWorker(RewardConfig())
+    totals = [worker.score_shard_totals(batch, k, num_shards)[1] for k in range(num_shards)]
+    metrics = sum(totals, RewardTotals()).metrics()
+    assert sum(t.samples for t in totals) == 3
+    assert metrics["reward/outcome"] == pytest.approx((1.618 + 0.618 - 1.0) / 3)
+    assert metrics["reward/format_ok"] == pytest.approx(2 / 3)
+    assert metrics["reward/info_gain"] == pytest.approx(0.5)  # a mean over search steps, not shards
+    assert metrics["reward/redundancy"] == pytest.approx(0.5)
+    assert metrics["reward/num_searches"] == 2.0
+    assert RewardTotals().metrics() == {}
 
 
 def test_last_action_index_ignores_tokens_past_the_length() -> None:

@@ -23,6 +23,7 @@ from workers.reward.metrics import (
 )
 from workers.reward.scoring import (
     MalformedTrajectoryError,
+    RewardTotals,
     RewardWorker,
     TrajectoryScore,
     concat_reward_batches,
@@ -37,6 +38,7 @@ from workers.reward.scoring import (
 __all__ = [
     "CorpusIdf",
     "MalformedTrajectoryError",
+    "RewardTotals",
     "RewardWorker",
     "TrajectoryScore",
     "analyze",
