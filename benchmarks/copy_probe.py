@@ -67,13 +67,13 @@ def run_arm(vocab: int, renaming: str, args: argparse.Namespace, workdir: Path) 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from launch.sft import name_pool
     from workers.config import TinyModelConfig
     from workers.data.renaming import Renaming
     from workers.data.rows import read_rows
     from workers.policy.resolve import policy_texts
     from workers.policy.tiny import build_tiny_policy
     from workers.rollout.gold import gold_queries
+    from workers.sft import name_pool
 
     data_dir = Path(args.data_dir)
     path = build_tiny_policy(TinyModelConfig(vocab_size=vocab, seed=args.seed), policy_texts(data_dir),
