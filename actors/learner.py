@@ -33,8 +33,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.config import LearnerConfig
 from workers.faults import HANG_ENV
-from workers.learner.data import PPOBatch, build_ppo_batch, rank_range
+from workers.learner.data import PPOBatch, build_ppo_batch
 from workers.learner.worker import LearnerWorker
+from workers.sharding import rank_range
 from workers.types import RewardBatch, TrajectoryBatch
 
 logger = logging.getLogger(__name__)
@@ -86,8 +87,10 @@ class LearnerGroup:
     """The learner's ranks: build, rendezvous, compute, update, export, checkpoint."""
 
     def __init__(self, cfg: LearnerConfig, model_path: str, *, seed: int = 0,
-                 total_steps: int = 0, group_size: int = 1, temperature: float = 1.0) -> None:
+                 total_steps: int = 0, group_size: int = 1, temperature: float = 1.0,
+                 trust_remote_code: bool = False) -> None:
         self.cfg, self.group_size = cfg, group_size
+        self.trust_remote_code = trust_remote_code
         W = cfg.num_ranks
         needs_critic = cfg.advantage_estimator == "gae"
         if cfg.colocate_critic or not needs_critic:
@@ -122,7 +125,7 @@ class LearnerGroup:
         return [cls.options(num_cpus=self.cfg.num_cpus_per_rank, runtime_env=env,
                             num_gpus=self.cfg.num_gpus_per_rank,
                             scheduling_strategy=self._bundle(offset + r)).remote(
-                    self.cfg, model_path, roles, seed, total_steps, temperature)
+                    self.cfg, model_path, roles, seed, total_steps, temperature, self.trust_remote_code)
                 for r in range(self.cfg.num_ranks)]
 
     @property
@@ -175,30 +178,41 @@ class LearnerGroup:
                     return self._rank_name(actor)
         return "a learner rank"
 
-    def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
-                values_only: bool = False) -> tuple[Any, dict[str, float]]:
-        """Log-probs, reference log-probs and values on every rank's shard, then the targets.
-
-        ``values_only`` (critic warmup) runs the critic's forward passes alone, on the ranks
-        that hold it. Returns the ``PPOBatch`` ObjectRef and the batch-level metrics.
-        """
+    def forward(self, traj_ref: Any, batch_size: int | None = None, values_only: bool = False) -> list[Any]:
+        """Start the log-prob, reference log-prob and value passes on every rank's shard and
+        return their ObjectRefs at once: they need the trajectories only, so they run while
+        the rewards are scored (issue 25). ``values_only`` (critic warmup) runs the critic's
+        passes alone, on the ranks that hold it."""
         if batch_size is None:
             batch_size = len(ray.get(traj_ref))
         W = self.cfg.num_ranks
         sets = [self.critic_ranks or self.policy_ranks] if values_only else self.sets
-        parts = [a.compute.remote(traj_ref, *rank_range(batch_size, r, W), values_only)
-                 for ranks in sets for r, a in enumerate(ranks)]
+        return [a.compute.remote(traj_ref, *rank_range(batch_size, r, W), values_only)
+                for ranks in sets for r, a in enumerate(ranks)]
+
+    def prepare(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
+                values_only: bool = False, parts: list[Any] | None = None) -> tuple[Any, dict[str, float]]:
+        """The forward passes (``parts`` from ``forward``, else started now), then the targets.
+
+        Returns the ``PPOBatch`` ObjectRef and the batch-level metrics.
+        """
+        if parts is None:
+            parts = self.forward(traj_ref, batch_size, values_only)
+        sets = [self.critic_ranks or self.policy_ranks] if values_only else self.sets
         self.collect("forward passes", parts, [a for ranks in sets for a in ranks], fetch=False)
+        W = self.cfg.num_ranks
         targets_ref, stats_ref = _build_targets.remote(traj_ref, reward_ref, self.cfg,
                                                        self.group_size, W, values_only, *parts)
         return targets_ref, self.collect("advantages", [stats_ref], [])[0]
 
     def update(self, traj_ref: Any, reward_ref: Any, batch_size: int | None = None,
-               update_policy: bool = True) -> dict[str, float]:
+               update_policy: bool = True, parts: list[Any] | None = None) -> dict[str, float]:
         """One StePPO update on a rollout batch; returns its metrics (``ppo/...`` keys).
 
-        ``update_policy=False`` trains the critic alone (critic warmup)."""
-        targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size, values_only=not update_policy)
+        ``update_policy=False`` trains the critic alone (critic warmup); ``parts``: the
+        batch's forward passes already started by ``forward``."""
+        targets_ref, stats = self.prepare(traj_ref, reward_ref, batch_size, values_only=not update_policy,
+                                          parts=parts)
         results = self.collect("update", [a.ppo_update.remote(traj_ref, targets_ref, update_policy)
                                        for a in self.all_ranks], self.all_ranks)
         metrics = dict(stats)

@@ -6,12 +6,12 @@ one event loop where ``BatchingSearcher`` coalesces them into encoder batches an
 results. ``RetrievalGroup`` lives in the driver and is passed to rollout actors: its
 ``search`` splits a batch over the replicas by a stable hash of each query (so a repeated
 query always meets the cache that has it) and reassembles the results in order. With
-``num_replicas=0`` it searches in-process without Ray (tests, debugging).
+``num_replicas=0`` it searches in-process without Ray (``actors.session.Session(in_process=True)``:
+launch.evaluate and launch.ask on one machine).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
@@ -130,14 +130,6 @@ class RetrievalGroup:
             self._actors = [ray.get_actor(name, namespace=self._namespace) for name in self._names]
         return self._actors
 
-    @classmethod
-    def from_actors(cls, actors: Sequence[Any], default_topk: int = 3) -> RetrievalGroup:
-        """A group over existing actor handles (e.g. looked up by name)."""
-        group = cls.__new__(cls)
-        group.num_replicas, group.default_topk, group.timeout_s = len(actors), default_topk, 300.0
-        group._local, group._actors, group._names, group._namespace = None, list(actors), [], None
-        return group
-
     @property
     def actors(self) -> list[Any]:
         return list(self._replicas())
@@ -203,14 +195,6 @@ class RetrievalGroup:
         replicas = self._replicas()
         for r in stuck:
             ray.kill(replicas[r], no_restart=False)
-
-    async def search_async(self, queries: Sequence[str], topk: int | None = None) -> list[list[Document]]:
-        """``search`` for asyncio callers (awaits the ObjectRefs instead of blocking)."""
-        if self._local is not None or not queries:
-            return self.search(queries, topk)
-        refs = self.search_refs(queries, topk)
-        results = await asyncio.gather(*(ref for _, ref in refs))
-        return self._assemble(len(queries), [(pos, res) for (pos, _), res in zip(refs, results, strict=True)])
 
     def stats(self) -> SearchStats:
         """Counters of all replicas merged."""

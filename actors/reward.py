@@ -19,7 +19,7 @@ import ray
 from ray.actor import ActorClass, ActorHandle
 
 from workers.config import ConfigError, RetrievalConfig, RewardConfig
-from workers.reward import RewardWorker, concat_reward_batches
+from workers.reward import RewardTotals, RewardWorker, concat_reward_batches
 from workers.reward.info_gain import CorpusIdf
 from workers.types import RewardBatch, TrajectoryBatch
 
@@ -43,9 +43,17 @@ class RewardActor:
 
     def score_shard(self, batch: TrajectoryBatch, shard: int, num_shards: int,
                     idf: CorpusIdf | None = None) -> RewardBatch:
+        return self._scorer(idf).score_shard(batch, shard, num_shards)
+
+    def score_shard_totals(self, batch: TrajectoryBatch, shard: int, num_shards: int,
+                           idf: CorpusIdf | None = None) -> tuple[RewardBatch, RewardTotals]:
+        """The shard's rewards and, as a second return, their ``RewardTotals``."""
+        return self._scorer(idf).score_shard_totals(batch, shard, num_shards)
+
+    def _scorer(self, idf: CorpusIdf | None) -> RewardWorker:
         if self._worker is None:
             self._worker = RewardWorker(self.cfg, idf)
-        return self._worker.score_shard(batch, shard, num_shards)
+        return self._worker
 
 
 def make_reward_actor(**options: Any) -> ActorClass:
@@ -150,6 +158,23 @@ class RewardGroup:
         count = len(self._actors)
         shards = [actor.score_shard.remote(batch, k, count, self._idf_ref) for k, actor in enumerate(self._actors)]
         return shards[0] if count == 1 else self._concat.remote(*shards)
+
+    def score_with_totals(self, batch: ray.ObjectRef | TrajectoryBatch) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
+        """Score ``batch``: the ``RewardBatch``'s ObjectRef and, beside it, one ``RewardTotals``
+        ObjectRef per shard; their sum gives the batch's ``reward/...`` metrics without
+        fetching the rewards or running a task to summarize them (issue 25)."""
+        if self._local is not None:
+            rewards = self.score(batch)
+            return ray.put(rewards), [ray.put(RewardTotals.of(rewards))]
+        if not self._actors:
+            raise RuntimeError("the reward group was shut down")
+        if not isinstance(batch, ray.ObjectRef):
+            batch = ray.put(batch)
+        count = len(self._actors)
+        pairs = [actor.score_shard_totals.options(num_returns=2).remote(batch, k, count, self._idf_ref)
+                 for k, actor in enumerate(self._actors)]
+        shards = [shard for shard, _ in pairs]
+        return (shards[0] if count == 1 else self._concat.remote(*shards)), [totals for _, totals in pairs]
 
     def score(self, batch: ray.ObjectRef | TrajectoryBatch) -> RewardBatch:
         """Score ``batch`` and return the ``RewardBatch`` in this process."""

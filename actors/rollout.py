@@ -335,6 +335,8 @@ class RolloutGroup:
         if self._broadcast is not None:
             self._broadcast.close()
             self._broadcast = None
+        if not self.actors:  # in-process (Ray may not even be running) or already stopped
+            return
         try:
             ray.get([a.close.remote() for a in self.actors], timeout=60)
         except Exception as exc:  # a dead or stuck actor: killing it below is all that is left

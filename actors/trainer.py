@@ -22,16 +22,16 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from actors.learner import LearnerFailure, LearnerGroup
 from actors.retrieval import RetrievalGroup
-from actors.reward import RewardGroup, corpus_idf
+from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
-from actors.weight_sync import BroadcastSync
+from actors.session import Session
 from workers.config import Config, ConfigError
 from workers.data.loader import PromptSampler
 from workers.data.rows import QARow, read_rows
-from workers.evaluation import evaluate_trajectories
-from workers.reward import reward_metrics
+from workers.reward import RewardTotals
 from workers.run_identity import IDENTITY_KEY, read_state, run_identity
-from workers.tracking import begin_checkpoint, commit_checkpoint, latest_checkpoint
+from workers.seeds import mix_seed
+from workers.tracking import latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +48,6 @@ __all__ = ["LearnerFailure", "PhaseTimeout", "StePPOTrainer", "check_fits", "req
 
 class PhaseTimeout(RuntimeError):
     """A phase of the step waited longer than its ``trainer.*_timeout_s``."""
-
-
-@ray.remote(num_cpus=0)
-def _reward_summary(rewards: Any) -> dict[str, float]:
-    return reward_metrics(rewards)
-
-
-@ray.remote(num_cpus=0)
-def _eval_summary(batch: Any) -> dict[str, float]:
-    return evaluate_trajectories(batch).metrics()
 
 
 def required_resources(cfg: Config) -> dict[str, float]:
@@ -86,9 +76,13 @@ def check_fits(cfg: Config, available: dict[str, float]) -> None:
 
 
 class StePPOTrainer:
-    """Owns the actor groups and the loop state (step, prompt position)."""
+    """StePPO as named steps over a ``Session`` (which owns the actor groups); holds the
+    loop state (step, prompt position)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, model_path: str) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, model_path: str, *, reuse: Session | None = None) -> None:
+        """``reuse``: a running session whose retrieval and rollout groups this run uses
+        (an experiment running several arms on one set of engines); they get this run's
+        initial weights at ``setup`` and stay up at ``shutdown``."""
         self.cfg, self.run_dir, self.model_path = cfg, run_dir, model_path
         self.step = 0
         data_dir = Path(cfg.data.output_dir)
@@ -96,38 +90,35 @@ class StePPOTrainer:
         val_path = data_dir / f"validation.{cfg.data.format}"
         self.eval_rows: list[QARow] = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() else []
         self.sampler = PromptSampler(self.train_rows, seed=cfg.seed)
-        self.retrieval: RetrievalGroup | None = None
-        self.rollout_group: RolloutGroup | None = None
-        self.reward: RewardGroup | None = None
-        self.learner: LearnerGroup | None = None
-        self._shared: tuple[Any, ...] = ()
+        self.session = Session(cfg, model_path, reuse=reuse)
+
+    @property
+    def retrieval(self) -> RetrievalGroup | None:
+        return self.session.retrieval
+
+    @property
+    def rollout_group(self) -> RolloutGroup | None:
+        return self.session.rollout_group
+
+    @property
+    def reward(self) -> RewardGroup | None:
+        return self.session.reward
+
+    @property
+    def learner(self) -> LearnerGroup | None:
+        return self.session.learner
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self, retrieval: RetrievalGroup | None = None, rollout: RolloutGroup | None = None) -> None:
-        """Start the actors: retrieval first (rollout workers call it), then the rest.
-
-        ``retrieval``/``rollout``: running groups to reuse (an experiment running several
-        arms on one set of engines); they get this run's initial weights and are left
-        running at ``shutdown``.
-        """
-        cfg = self.cfg
-        self._shared = tuple(g for g in (retrieval, rollout) if g is not None)
-        if retrieval is None:
-            retrieval = RetrievalGroup(cfg.retrieval, device=_device(cfg))
-            retrieval.wait_ready()
-        self.retrieval = retrieval
-        self.rollout_group = rollout or RolloutGroup(cfg.rollout, self.model_path, retrieval.search,
-                                                     topk=cfg.retrieval.topk, dtype=cfg.model.dtype,
-                                                     trust_remote_code=cfg.model.trust_remote_code)
-        idf = corpus_idf(cfg.retrieval) if cfg.reward.use_info_gain and cfg.reward.info_gain_idf == "corpus" else None
-        self.reward = RewardGroup(cfg.reward, idf=idf)
-        self.learner = LearnerGroup(cfg.learner, self.model_path, seed=cfg.seed,
-                                    total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples,
-                                    temperature=cfg.rollout.temperature)
-        if cfg.rollout.weight_sync == "broadcast":
-            self.rollout_group.use_broadcast(BroadcastSync(self.learner, cfg.rollout.weight_sync_timeout_s))
-        if rollout is not None:  # it may hold another run's weights
+    def setup(self) -> None:
+        """Start the actors: retrieval first (rollout workers call it), then the rest."""
+        cfg, session = self.cfg, self.session
+        reused = session.rollout_group is not None
+        session.start_rollout()
+        session.start_reward()
+        session.start_learner(cfg.learner, total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples,
+                              temperature=cfg.rollout.temperature, broadcast=cfg.rollout.weight_sync == "broadcast")
+        if reused:  # it may hold another run's weights
             self.sync_weights()
 
     def resume(self, path: Path | None = None) -> Path | None:
@@ -144,8 +135,7 @@ class StePPOTrainer:
         if not (path / "trainer_state.json").exists():
             raise ConfigError("trainer.resume", f"{path} is not a complete checkpoint")
         state = read_state(path)
-        assert self.learner is not None
-        self.learner.load_checkpoint(str(path / "learner"))
+        self.session.load_checkpoint(path)
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.sync_weights()
@@ -156,20 +146,18 @@ class StePPOTrainer:
 
     def rollout(self, rows: list[QARow], *, greedy: bool = False, seed: int | None = None) -> Any:
         """Trajectories of ``rows`` as an ObjectRef (waits until they exist)."""
-        assert self.rollout_group is not None
-        ref = self.rollout_group.rollout(rows, greedy=greedy, seed=seed)
-        ray.wait([ref], fetch_local=False)
-        return ref
+        return self.session.rollout(rows, greedy=greedy, seed=seed)
 
     def score(self, traj_ref: Any) -> tuple[Any, dict[str, float]]:
-        """Token rewards (ObjectRef) and their batch summary. Reward actors that do not answer
-        within ``trainer.reward_timeout_s`` are replaced and the batch is scored once more."""
+        """Token rewards (ObjectRef) and their batch metrics, summed from the totals each reward
+        shard returns beside its rewards. Reward actors that do not answer within
+        ``trainer.reward_timeout_s`` are replaced and the batch is scored once more."""
         assert self.reward is not None
         timeout = self.cfg.trainer.reward_timeout_s
         for attempt in (1, 2):
-            reward_ref = self.reward.score_ref(traj_ref)
+            reward_ref, totals_refs = self.reward.score_with_totals(traj_ref)
             try:
-                return reward_ref, ray.get(_reward_summary.remote(reward_ref), timeout=timeout)
+                return reward_ref, sum(ray.get(totals_refs, timeout=timeout), RewardTotals()).metrics()
             except (GetTimeoutError, RayActorError) as exc:  # hung, or died past Ray's restarts
                 if attempt == 2:
                     raise PhaseTimeout(f"reward: the reward actors did not score step {self.step + 1}'s batch "
@@ -180,12 +168,13 @@ class StePPOTrainer:
                 self.reward.restart()
         raise AssertionError("unreachable")
 
-    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int, update_policy: bool = True
-               ) -> dict[str, float]:
-        """One PPO update; a dead learner rank fails the step with a clear message."""
+    def update(self, traj_ref: Any, reward_ref: Any, batch_size: int, update_policy: bool = True,
+               parts: list[Any] | None = None) -> dict[str, float]:
+        """One PPO update (``parts``: its forward passes, already started); a dead learner
+        rank fails the step with a clear message."""
         assert self.learner is not None
         with self._learner_phase(f"step {self.step + 1}'s update"):
-            return self.learner.update(traj_ref, reward_ref, batch_size, update_policy)
+            return self.learner.update(traj_ref, reward_ref, batch_size, update_policy, parts)
 
     @contextmanager
     def _learner_phase(self, what: str) -> Iterator[None]:
@@ -204,17 +193,13 @@ class StePPOTrainer:
 
         One broadcast from learner rank 0 (issue 22), or with ``rollout.weight_sync=object_store``
         (and the hf engine or an in-process worker) a state dict through the object store."""
-        assert self.learner is not None and self.rollout_group is not None
         # Rollout actors' deaths are absorbed by the group; what is left is the learner's.
         with self._learner_phase(f"the weight sync of version {self.step}"):
-            if self.rollout_group.broadcasting:
-                self.rollout_group.sync_broadcast(self.step)
-            else:
-                self.rollout_group.set_weights(self.learner.export_weights_ref(), self.step)
+            self.session.push_weights(self.step)
 
     def train_step(self) -> dict[str, float]:
         """One StePPO step; returns its metrics with the time split."""
-        return self._step(self.cfg.seed * 1_000_003 + self.step, update_policy=True)
+        return self._step(mix_seed(self.cfg.seed, self.step), update_policy=True)
 
     def warmup_critic(self, on_step: Callable[[int, dict[str, float]], None] | None = None
                       ) -> list[dict[str, float]]:
@@ -228,7 +213,7 @@ class StePPOTrainer:
         if self.step > 0:
             return out
         for i in range(self.cfg.trainer.critic_warmup_steps):
-            out.append(self._step(self.cfg.seed * 1_000_003 - 1 - i, update_policy=False))
+            out.append(self._step(mix_seed(self.cfg.seed, -1 - i), update_policy=False))
             if on_step is not None:
                 on_step(i + 1, out[-1])
         return out
@@ -240,11 +225,13 @@ class StePPOTrainer:
         traj_ref = _timed(timed, TIME_ROLLOUT, lambda: self.rollout(rows, seed=seed))
         assert self.rollout_group is not None
         metrics = dict(self.rollout_group.metrics())
-        reward_ref, reward_stats = _timed(timed, TIME_REWARD, lambda: self.score(traj_ref))
         batch = len(rows) * self.cfg.rollout.n_samples
+        assert self.learner is not None  # its forward passes need no rewards: they run during scoring
+        parts = self.learner.forward(traj_ref, batch, values_only=not update_policy)
+        reward_ref, reward_stats = _timed(timed, TIME_REWARD, lambda: self.score(traj_ref))
         metrics.update(reward_stats)
         metrics.update(_timed(timed, TIME_LEARN,
-                              lambda: self.update(traj_ref, reward_ref, batch, update_policy)))
+                              lambda: self.update(traj_ref, reward_ref, batch, update_policy, parts)))
         if update_policy:
             self.step += 1
             _timed(timed, TIME_SYNC, self.sync_weights)
@@ -259,27 +246,19 @@ class StePPOTrainer:
     def evaluate(self, rows: list[QARow] | None = None) -> dict[str, float]:
         """Greedy rollouts on ``rows`` (default: the validation prompts), scored for EM/F1/searches."""
         rows = self.eval_rows if rows is None else rows
-        if not rows:
-            return {}
-        traj_ref = self.rollout(rows, greedy=True, seed=0)
-        return ray.get(_eval_summary.remote(traj_ref))
+        return self.session.evaluate(rows).metrics() if rows else {}
 
     def checkpoint(self) -> Path:
         """Learner state + trainer state, visible only once complete."""
-        assert self.learner is not None
-        staging = begin_checkpoint(self.run_dir, self.step)
+        state = {"step": self.step, "sampler": self.sampler.state_dict(), "seed": self.cfg.seed,
+                 "model_path": self.model_path, IDENTITY_KEY: run_identity(self.cfg, self.model_path),
+                 "config": asdict(self.cfg)}
         with self._learner_phase(f"the checkpoint of step {self.step}"):
-            self.learner.save_checkpoint(str(staging / "learner"))
-        return commit_checkpoint(staging, {"step": self.step, "sampler": self.sampler.state_dict(),
-                                           "seed": self.cfg.seed, "model_path": self.model_path,
-                                           IDENTITY_KEY: run_identity(self.cfg, self.model_path),
-                                           "config": asdict(self.cfg)})
+            return self.session.checkpoint(self.run_dir, self.step, state)
 
     def shutdown(self) -> None:
-        """Stop the actors this trainer started (shared groups given to ``setup`` stay up)."""
-        for group in (self.learner, self.rollout_group, self.reward, self.retrieval):
-            if group is not None and not any(group is g for g in self._shared):
-                group.shutdown()
+        """Stop the actors this trainer's session started (reused groups stay up)."""
+        self.session.stop()
 
 
 def _timed(out: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
@@ -289,6 +268,3 @@ def _timed(out: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
     finally:
         out[key] = time.perf_counter() - started
 
-
-def _device(cfg: Config) -> str:
-    return "auto" if cfg.device == "auto" else cfg.device

@@ -10,7 +10,7 @@ about. Arms differ in the tokenizer's vocabulary and in renaming:
 
 - ``none``: the training questions as they are;
 - ``pool``: every training example's entities take other names of the world, drawn anew
-  each time (``sft.rename_entities``, ``workers.rollout.gold.Renaming``).
+  each time (``sft.rename_entities``, ``workers.data.renaming.Renaming``).
 
 All arms run one after the other in this process on the same data; the table at the end
 gives exact-match rate of the first search on validation per arm and step, and the final
@@ -58,20 +58,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _prompt_ids(tokenizer: Any, row: QARow) -> list[int]:
-    ids = tokenizer.apply_chat_template(list(row.prompt), add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) else getattr(ids, "input_ids", ids))
+    from workers.data.prompt import encode_chat_prompt
+
+    return encode_chat_prompt(tokenizer, row.prompt)
 
 
 def run_arm(vocab: int, renaming: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from launch.sft import name_pool
     from workers.config import TinyModelConfig
+    from workers.data.renaming import Renaming
     from workers.data.rows import read_rows
     from workers.policy.resolve import policy_texts
     from workers.policy.tiny import build_tiny_policy
-    from workers.rollout.gold import Renaming, gold_queries
+    from workers.rollout.gold import gold_queries
+    from workers.sft import name_pool
 
     data_dir = Path(args.data_dir)
     path = build_tiny_policy(TinyModelConfig(vocab_size=vocab, seed=args.seed), policy_texts(data_dir),

@@ -21,10 +21,10 @@ import sys
 from collections.abc import Sequence
 
 from launch.cli import run_tool, split_tool_args
-from launch.evaluate import local_runner, resolve_model
+from launch.evaluate import eval_session, resolve_model
 from workers.config import Config, ConfigError
 from workers.data.rows import QARow, make_row
-from workers.evaluation import EvalRecord, evaluate_trajectories
+from workers.evaluation import EvalRecord
 
 TOOL_ARGS = ("question", "checkpoint")
 """Top-level keys this tool takes besides the Hydra overrides."""
@@ -69,15 +69,12 @@ def ask(cfg: Config, question: str, checkpoint: str | None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    runner = local_runner(cfg, model_path)
-    try:
-        batch = runner.rollout([question_row(question)])
-    except ValueError as exc:  # the prompt is longer than rollout.max_prompt_tokens
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        runner.close()
-    record = evaluate_trajectories(batch, [question], runner.decode).records[0]
+    with eval_session(cfg, model_path) as session:
+        try:
+            record = session.evaluate([question_row(question)], decode=True).records[0]
+        except ValueError as exc:  # the prompt is longer than rollout.max_prompt_tokens
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     print(f"policy: {model_path} (engine {cfg.rollout.engine}, greedy)")
     print(f"question: {question}")
     print(format_trajectory(record))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from launch.cli import run_tool
 from workers.config import Config
+from workers.data.prompt import encode_chat_prompt
 from workers.data.rows import read_rows
 from workers.policy import resolve_policy_path
 from workers.rollout import SamplingSettings, make_engine
@@ -44,8 +45,7 @@ def main(cfg: Config) -> int:
                          max_model_len=cfg.rollout.max_prompt_tokens + cfg.rollout.max_response_tokens)
     loaded = time.perf_counter()
     tokenizer = engine.tokenizer  # type: ignore[attr-defined]
-    prompt_ids = tokenizer.apply_chat_template(list(row.prompt), add_generation_prompt=True, tokenize=True)
-    prompt_ids = list(getattr(prompt_ids, "input_ids", prompt_ids))
+    prompt_ids = encode_chat_prompt(tokenizer, row.prompt)
     settings = SamplingSettings(max_tokens=cfg.rollout.max_action_tokens, temperature=cfg.rollout.temperature,
                                 seed=cfg.seed, stop=("</search>", "</answer>"))
     gen = engine.generate([prompt_ids], settings)[0]

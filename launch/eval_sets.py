@@ -1,6 +1,6 @@
 """``launch.evaluate eval_sets=[DIR_OR_PRESET,...]``: several prepared sets, one table (issue 24).
 
-Runs in the user's process, with the runners of ``launch.evaluate`` (in-process or on Ray).
+Runs in the user's process, with the sessions of ``launch.evaluate`` (in-process or on Ray).
 Each entry is a prepared directory or a ``conf/data`` preset (its ``output_dir``),
 optionally followed by ``@CORPUS_OR_INDEX``, a corpus JSONL or a built index directory
 for that set alone. The other sets share one retriever: ``retrieval.index_dir`` or
@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from launch.config import CONFIG_DIR
-from launch.evaluate import EvalArgs, evaluate_rows, local_runner, ray_runner, resolve_model, retrieval_config
+from launch.evaluate import EvalArgs, eval_session, evaluate_rows, resolve_model, retrieval_config
 from workers.config import Config, ConfigError, RetrievalConfig
 from workers.data.flashrag import paper_name
 from workers.data.rows import QARow, read_rows
@@ -131,16 +131,13 @@ def evaluate_sets(cfg: Config, args: EvalArgs, use_ray: bool = False) -> int:
     for rcfg, members in groups:
         run_cfg = replace(cfg, retrieval=rcfg, data=replace(cfg.data, output_dir=str(sets[members[0]].root)))
         retrieval_config(run_cfg)  # fail fast on a missing corpus, before the engine starts
-        runner = ray_runner(run_cfg, model_path, args.batch_size) if use_ray else local_runner(run_cfg, model_path)
-        try:
+        with eval_session(run_cfg, model_path, use_ray, args.batch_size) as session:
             for i in members:
                 s = sets[i]
-                result = evaluate_rows(runner, s.rows, args.batch_size, outputs[i], desc=s.name)
+                result = evaluate_rows(session, s.rows, args.batch_size, outputs[i], desc=s.name)
                 has_support = any(r.ground_truth.support_docs for r in s.rows)
                 scores[i] = SetScore.from_overall(s.name, len(s.rows), result.overall, has_support,
                                                   str(s.rows_path), str(outputs[i]))
-        finally:
-            runner.close()
     ordered = [scores[i] for i in range(len(sets))]
     table_paths = [out_dir / f"eval-sets-{args.split}.{ext}" for ext in ("json", "md")]
     meta = {"policy": model_path, "split": args.split, "limit": args.limit, "engine": cfg.rollout.engine}

@@ -34,7 +34,8 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,9 @@ from workers.evaluation import (
     EVAL_SEARCHES,
     EvalRecord,
     EvalResult,
-    evaluate_trajectories,
     summarize,
 )
 from workers.policy import resolve_policy_path
-from workers.types import TrajectoryBatch
 
 logger = logging.getLogger(__name__)
 
@@ -147,62 +146,30 @@ def retrieval_config(cfg: Config) -> RetrievalConfig:
     return rcfg
 
 
-class Runner:
-    """Greedy rollouts of rows, in-process or on Ray, and the tokenizer to decode actions."""
+@contextmanager
+def eval_session(cfg: Config, model_path: str, use_ray: bool = False, batch_size: int = 16) -> Iterator[Any]:
+    """An ``actors.session.Session`` with its rollout started over ``retrieval_config(cfg)``:
+    a retriever and a ``RolloutWorker`` in this process, or with ``use_ray``
+    ``rollout.num_workers`` rollout actors and ``retrieval.num_replicas`` retrieval actors.
+    Everything it started is stopped at the end (Ray too, when it was used)."""
+    from actors.session import Session
 
-    def __init__(self, rollout: Callable[[Sequence[QARow]], TrajectoryBatch], tokenizer: Any,
-                 close: Callable[[], None] = lambda: None) -> None:
-        self.rollout = rollout
-        self.tokenizer = tokenizer
-        self.close = close
+    cfg = replace(cfg, retrieval=retrieval_config(cfg))
+    if use_ray:
+        from actors.cluster import init_ray
 
-    def decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids))
+        init_ray(cfg.cluster, quiet=not cfg.trainer.verbose)
+    chunk = max(1, math.ceil(batch_size / max(1, cfg.rollout.num_workers)))
+    session = Session(cfg, model_path, in_process=not use_ray, chunk_size=chunk)
+    try:
+        session.start_rollout()
+        yield session
+    finally:
+        session.stop()
+        if use_ray:
+            import ray
 
-
-def local_runner(cfg: Config, model_path: str) -> Runner:
-    """A ``RolloutWorker`` in this process over an in-process retriever."""
-    from retrieval_service.retriever import build_retriever
-    from workers.rollout.worker import RolloutWorker
-
-    rcfg = retrieval_config(cfg)
-    retriever = build_retriever(rcfg, cfg.device)
-    worker = RolloutWorker(cfg.rollout, model_path, retriever.search, topk=rcfg.topk,
-                           dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
-
-    def close() -> None:
-        # vLLM's engine processes can outlive the tool at interpreter exit: stop them now.
-        stop = getattr(worker.engine, "close", None)
-        if stop is not None:
-            stop()
-
-    return Runner(lambda rows: worker.rollout(rows, greedy=True), worker.tokenizer, close)
-
-
-def ray_runner(cfg: Config, model_path: str, batch_size: int) -> Runner:
-    """``rollout.num_workers`` rollout actors and ``retrieval.num_replicas`` retrieval actors."""
-    import ray
-    from transformers import AutoTokenizer
-
-    from actors.cluster import init_ray
-    from actors.retrieval import RetrievalGroup
-    from actors.rollout import RolloutGroup
-
-    init_ray(cfg.cluster, quiet=not cfg.trainer.verbose)
-    rcfg = retrieval_config(cfg)
-    retrieval = RetrievalGroup(rcfg, cfg.device)
-    retrieval.wait_ready()
-    chunk = max(1, math.ceil(batch_size / cfg.rollout.num_workers))
-    group = RolloutGroup(cfg.rollout, model_path, retrieval.search, topk=rcfg.topk, dtype=cfg.model.dtype,
-                         trust_remote_code=cfg.model.trust_remote_code, chunk_size=chunk)
-
-    def close() -> None:
-        group.shutdown()
-        retrieval.shutdown()
-        ray.shutdown()
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    return Runner(lambda rows: ray.get(group.rollout(rows, greedy=True)), tokenizer, close)
+            ray.shutdown()
 
 
 def wants_ray(overrides: Sequence[str], cfg: Config) -> bool:
@@ -227,7 +194,7 @@ def chunks(rows: Sequence[QARow], size: int) -> Iterator[list[QARow]]:
         yield list(rows[start:start + size])
 
 
-def evaluate_rows(runner: Runner, rows: Sequence[QARow], batch_size: int, output: Path,
+def evaluate_rows(session: Any, rows: Sequence[QARow], batch_size: int, output: Path,
                   desc: str = "evaluate") -> EvalResult:
     """Roll out ``rows`` chunk by chunk, writing each chunk's predictions as it finishes;
     ``desc`` labels the progress bar."""
@@ -237,8 +204,7 @@ def evaluate_rows(runner: Runner, rows: Sequence[QARow], batch_size: int, output
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as fh, tqdm(total=len(rows), unit="q", desc=desc) as bar:
         for chunk in chunks(rows, batch_size):
-            batch = runner.rollout(chunk)
-            result = evaluate_trajectories(batch, [r.question for r in chunk], runner.decode)
+            result = session.evaluate(chunk, decode=True)
             for record in result.records:
                 fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
             fh.flush()
@@ -287,11 +253,8 @@ def evaluate(cfg: Config, args: EvalArgs, use_ray: bool = False) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     output = default_output(cfg, args)
-    runner = ray_runner(cfg, model_path, args.batch_size) if use_ray else local_runner(cfg, model_path)
-    try:
-        result = evaluate_rows(runner, rows, args.batch_size, output)
-    finally:
-        runner.close()
+    with eval_session(cfg, model_path, use_ray, args.batch_size) as session:
+        result = evaluate_rows(session, rows, args.batch_size, output)
     metrics_path = metrics_file(output)
     metrics_path.write_text(json.dumps({"policy": model_path, "split": args.split, "questions": len(rows),
                                         **result.overall}, indent=2) + "\n")

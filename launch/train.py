@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from actors.cluster import init_ray
-from actors.retrieval import RetrievalGroup
+from actors.session import Session
 from actors.trainer import LearnerFailure, StePPOTrainer, check_fits
 from launch.config import CONFIG_DIR, register_configs, to_config
 from launch.report import eval_line, print_results, print_step, progress_bar, write_plots
@@ -76,20 +76,20 @@ def warm_up_critic(trainer: StePPOTrainer, tracker: MetricsLogger | None = None)
     return out
 
 
-def start_policy(cfg: Config, model_path: str) -> tuple[str, RetrievalGroup | None]:
+def start_policy(cfg: Config, model_path: str) -> tuple[str, Session | None]:
     """The policy StePPO starts from: ``model.path``, the tiny policy, or its cached SFT
-    warm start (``model.warm_start=sft``); with a warm start, the retrieval group that
-    built it, for the trainer to reuse."""
+    warm start (``model.warm_start=sft``); with a warm start, the session whose retrieval
+    group built it, for the trainer to reuse."""
     if cfg.model.path or cfg.model.warm_start == "none":
         return model_path, None
     from launch.warm_start import ensure_warm_start
 
-    retrieval = RetrievalGroup(cfg.retrieval, device=cfg.device)
-    retrieval.wait_ready()
+    session = Session(cfg, model_path)
     try:
-        return str(ensure_warm_start(cfg, model_path, retrieval)), retrieval
+        session.start_retrieval()
+        return str(ensure_warm_start(cfg, model_path, session)), session
     except BaseException:
-        retrieval.shutdown()
+        session.stop()
         raise
 
 
@@ -196,19 +196,19 @@ def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str
     check_fits(cfg, init_ray(cfg.cluster, quiet=not cfg.trainer.verbose))  # before any data or actor work
     stop.install()  # after ray.init, which sets a SIGTERM handler of its own
     cfg, model_path = _prepare_inputs(cfg)
-    model_path, retrieval = start_policy(cfg, model_path)
-    trainer = StePPOTrainer(cfg, run_dir, model_path)
+    model_path, warm = start_policy(cfg, model_path)
+    trainer = StePPOTrainer(cfg, run_dir, model_path, reuse=warm)
     tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard,
                             wandb_project=cfg.trainer.wandb_project, run_name=run_dir.name)
     try:
-        trainer.setup(retrieval=retrieval)
+        trainer.setup()
         eval_start = begin(trainer, tracker, run_dir, resume_from)
         checkpoint, final_eval = run_steps(trainer, tracker, stop)
     finally:
         tracker.close()
         trainer.shutdown()
-        if retrieval is not None:
-            retrieval.shutdown()
+        if warm is not None:
+            warm.stop()
     plots = write_plots(run_dir)
     summary = {"run_dir": str(run_dir), "steps": trainer.step, "wall_s": time.perf_counter() - started,
                "checkpoint": str(checkpoint) if checkpoint else None, "plots": [str(p) for p in plots],

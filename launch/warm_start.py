@@ -43,7 +43,7 @@ def file_digest(path: Path) -> str:
 
 def warm_start_inputs(cfg: Config, policy_path: str) -> dict[str, Any]:
     """Everything the warm start's weights depend on (hashed into its cache key)."""
-    from launch.sft import sft_learner_config
+    from workers.sft import sft_learner_config
 
     data_dir = Path(cfg.data.output_dir)
     files = [data_dir / f"train.{cfg.data.format}", data_dir / "corpus.jsonl"]
@@ -95,11 +95,11 @@ def _fsync_tree(path: Path) -> None:
             os.close(fd)
 
 
-def ensure_warm_start(cfg: Config, policy_path: str, retrieval: Any = None) -> Path:
+def ensure_warm_start(cfg: Config, policy_path: str, reuse: Any = None) -> Path:
     """The cached warm start for ``cfg``, built by the SFT stage on first use.
 
-    ``policy_path``: the tiny policy to start SFT from; ``retrieval``: a running
-    ``RetrievalGroup`` to reuse (left running).
+    ``policy_path``: the tiny policy to start SFT from; ``reuse``: a running
+    ``actors.session.Session`` whose retrieval group SFT uses (left running).
     """
     from launch.sft import run_sft
 
@@ -115,7 +115,7 @@ def ensure_warm_start(cfg: Config, policy_path: str, retrieval: Any = None) -> P
     (staging / "BUILDER_PID").write_text(str(os.getpid()))
     print(f"warm start: training the tiny policy by SFT on gold search trajectories (cached as sft-{key})")
     try:
-        summary = run_sft(cfg, staging / "run", model_path=policy_path, retrieval=retrieval, evaluate=False)
+        summary = run_sft(cfg, staging / "run", model_path=policy_path, reuse=reuse, evaluate=False)
         shutil.move(str(summary["policy"]), staging / "policy")
         shutil.copy(staging / "run" / "metrics.jsonl", staging / "policy" / "sft_metrics.jsonl")
         meta = {"key": key, "inputs": inputs, "steps": summary["steps"], "wall_s": summary["wall_s"]}

@@ -20,18 +20,17 @@ import logging
 import time
 import unicodedata
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from retrieval_service.retriever import check_search_args
-from workers.types import Document
+from workers.types import Document, SearchFn
 
 logger = logging.getLogger(__name__)
 
-SearchFn = Callable[[list[str], int], list[list[Document]]]
 CacheKey = tuple[str, int]
 
 REQUESTS = "retrieval/requests"

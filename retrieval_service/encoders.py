@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval_service.packing import Layout, plan_layouts
-from retrieval_service.packing import plan_chunks as plan_chunks  # re-exported from its old home
 
 if TYPE_CHECKING:
     from workers.config import RetrievalConfig

@@ -7,6 +7,7 @@ Token spans are half-open ``[start, end)`` offsets into ``response_ids``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +29,11 @@ class Document:
     def contents(self) -> str:
         """The wiki-18 ``contents`` form: ``"Title"\\ntext``."""
         return f'"{self.title}"\n{self.text}'
+
+
+SearchFn = Callable[[list[str], int], list[list[Document]]]
+"""``search(queries, topk) -> documents per query`` (a ``Retriever``, a ``RetrievalGroup``,
+or a batching front): what the agent loop and the retrieval service agree on."""
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from launch.cli import run_tool, split_tool_args
-from launch.sft import build_gold
 from launch.train import _prepare_inputs
 from workers.config import Config, ConfigError
 from workers.data.rows import QARow, read_rows
+from workers.sft import build_gold
 from workers.types import TrajectoryBatch
 
 logger = logging.getLogger(__name__)

@@ -32,11 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import ray
-
 from actors.cluster import init_ray
-from actors.retrieval import RetrievalGroup
-from actors.rollout import RolloutGroup
+from actors.session import Session
 from actors.trainer import StePPOTrainer
 from launch.cli import run_tool, split_tool_args
 from launch.config import load_config
@@ -54,9 +51,7 @@ from workers.evaluation import (
     EVAL_GOLD_HIT,
     EVAL_REDUNDANCY,
     EVAL_SEARCHES,
-    Decode,
     EvalResult,
-    evaluate_trajectories,
     hops_key,
 )
 from workers.tracking import MetricsLogger, read_metrics
@@ -95,24 +90,14 @@ def held_out(metrics: dict[str, float]) -> dict[str, Any]:
     return out
 
 
-def evaluate_rows(rollout: RolloutGroup, rows: list[QARow], predictions: Path | None = None,
-                  decode: Decode | None = None) -> dict[str, float]:
-    """Greedy rollouts of ``rows`` with the rollout group's current weights; with
-    ``predictions``, one JSON line per question there (prediction, scores, trajectory, and
-    each action's text when ``decode`` is given)."""
-    batch = ray.get(rollout.rollout(rows, greedy=True, seed=0))
-    result = evaluate_trajectories(batch, [r.question for r in rows], decode=decode)
+def evaluate_rows(session: Session, rows: list[QARow], predictions: Path | None = None) -> dict[str, float]:
+    """Greedy rollouts of ``rows`` with the session's current rollout weights; with
+    ``predictions``, one JSON line per question there (prediction, scores, trajectory and
+    each action's text)."""
+    result = session.evaluate(rows, decode=predictions is not None)
     if predictions is not None:
         write_predictions(result, predictions)
     return result.metrics()
-
-
-def decoder(policy: str) -> Decode:
-    """The policy tokenizer's ``decode``."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(policy)
-    return lambda ids: str(tokenizer.decode(ids))
 
 
 def write_predictions(result: EvalResult, path: Path) -> None:
@@ -122,17 +107,19 @@ def write_predictions(result: EvalResult, path: Path) -> None:
             fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
 
 
-def run_arm(cfg: Config, run_dir: Path, policy: str, retrieval: RetrievalGroup, rollout: RolloutGroup,
-            test_rows: list[QARow], start_eval: dict[str, float]) -> dict[str, Any]:
-    """One RL run from ``policy``; validation curve in its metrics, test numbers at the end.
+def run_arm(cfg: Config, run_dir: Path, policy: str, shared: Session, test_rows: list[QARow],
+            start_eval: dict[str, float]) -> dict[str, Any]:
+    """One RL run from ``policy`` on the shared session's retrieval and rollout groups;
+    validation curve in its metrics, test numbers at the end.
 
     Leaves the final checkpoint (its ``learner/hf`` is the trained policy) and the test
     predictions (``test_predictions.jsonl``) in ``run_dir``."""
-    trainer = StePPOTrainer(replace(cfg, trainer=replace(cfg.trainer, resume="never")), run_dir, policy)
+    trainer = StePPOTrainer(replace(cfg, trainer=replace(cfg.trainer, resume="never")), run_dir, policy,
+                            reuse=shared)
     tracker = MetricsLogger(run_dir, tensorboard=cfg.trainer.tensorboard, run_name=run_dir.name)
     started = time.perf_counter()
     try:
-        trainer.setup(retrieval, rollout)
+        trainer.setup()
         tracker.log(0, start_eval)  # the warm start's validation numbers, the curves' first point
         warm_up_critic(trainer, tracker)
         total = cfg.trainer.total_steps
@@ -146,7 +133,7 @@ def run_arm(cfg: Config, run_dir: Path, policy: str, retrieval: RetrievalGroup, 
             bar.update(1)
         bar.close()
         trainer.checkpoint()
-        test = held_out(evaluate_rows(rollout, test_rows, run_dir / "test_predictions.jsonl", decoder(policy)))
+        test = held_out(evaluate_rows(trainer.session, test_rows, run_dir / "test_predictions.jsonl"))
     finally:
         tracker.close()
         trainer.shutdown()
@@ -255,12 +242,18 @@ def plot_arms(runs: dict[str, list[dict[str, Any]]], out: Path) -> Path:
     return out
 
 
-def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[str, Any]:
-    """SFT (unless given), the SFT policy's held-out numbers, then every arm x seed."""
+def seeds_and_arms(args: dict[str, str]) -> tuple[list[int], list[str]]:
+    """The ``seeds=`` and ``arms=`` tool arguments (defaults: 1,2,3 and both reward presets)."""
     seeds = _ints(args.get("seeds", "1,2,3"), "seeds")
     arms = [a for a in args.get("arms", "stepsearch,outcome_only").split(",") if a]
     if not seeds or not arms:
         raise ConfigError("seeds" if not seeds else "arms", "needs at least one value")
+    return seeds, arms
+
+
+def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """SFT (unless given), the SFT policy's held-out numbers, then every arm x seed."""
+    seeds, arms = seeds_and_arms(args)
     policy = args.get("sft_policy")
     if policy:
         if not (Path(policy) / "config.json").is_file():
@@ -281,32 +274,27 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
     if "test_size" in args:
         test_rows = test_rows[: _ints(args["test_size"], "test_size")[0]]
     val_rows = read_rows(data_dir / f"validation.{cfg.data.format}")[: cfg.trainer.eval_size]
-    retrieval = RetrievalGroup(cfg.retrieval)
-    retrieval.wait_ready()
-    rollout = RolloutGroup(cfg.rollout, policy or base_policy, retrieval.search, topk=cfg.retrieval.topk,
-                           dtype=cfg.model.dtype)
+    shared = Session(cfg, policy or base_policy)  # one retrieval and rollout group for every run
     try:
+        shared.start_rollout()
         sft_wall = sft_run_wall(policy) if policy else 0.0
         if policy is None:
-            summary = run_sft(cfg, run_root / "sft", retrieval, rollout)  # leaves its final weights in rollout
+            summary = run_sft(cfg, run_root / "sft", reuse=shared)  # leaves its final weights in the rollout
             policy, sft_wall = summary["policy"], summary["wall_s"]
         logger.info("scoring the warm start on %d test and %d validation questions", len(test_rows), len(val_rows))
-        sft_test = held_out(evaluate_rows(rollout, test_rows, run_root / "sft_test_predictions.jsonl",
-                                          decoder(policy)))
-        sft_val = evaluate_rows(rollout, val_rows)
+        sft_test = held_out(evaluate_rows(shared, test_rows, run_root / "sft_test_predictions.jsonl"))
+        sft_val = evaluate_rows(shared, val_rows)
         print(f"SFT policy {policy}: test {json.dumps(sft_test)}")
         runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
         for seed in seeds:  # seeds outermost: a partial experiment still compares the arms
             for arm in arms:
                 arm_cfg = arm_cfgs[(arm, seed)]  # the warm start, not a tiny policy of this seed
                 arm_cfg, _ = _prepare_inputs(replace(arm_cfg, model=replace(arm_cfg.model, path=policy)))
-                result = run_arm(arm_cfg, run_root / f"{arm}-seed{seed}", policy, retrieval, rollout,
-                                 test_rows, sft_val)
+                result = run_arm(arm_cfg, run_root / f"{arm}-seed{seed}", policy, shared, test_rows, sft_val)
                 runs[arm].append(result)
                 print(f"{arm} seed {seed}: test {json.dumps({k: round(result[k], 4) for k in REPORTED})}")
     finally:
-        rollout.shutdown()
-        retrieval.shutdown()
+        shared.stop()
     results: dict[str, Any] = {
         "sft": {**sft_test, "policy": policy, "wall_s": sft_wall},
         **{ARM_NAMES.get(arm, arm): runs[arm] for arm in arms},
@@ -318,13 +306,18 @@ def experiment(cfg: Config, args: dict[str, str], overrides: list[str]) -> dict[
         "sft_included": "sft_policy" not in args,
         "command": " ".join(["python -m launch.experiments.toyworld_learning", *sys.argv[1:]]),
     }
+    write_results(results, {ARM_NAMES.get(arm, arm): runs[arm] for arm in arms}, out)
+    return results
+
+
+def write_results(results: dict[str, Any], runs: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    """The JSON, the markdown table and the plot in ``out``; the table and paths printed."""
     (out / "toyworld_learning.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "toyworld_learning.md").write_text(markdown_table(results))
-    plot_arms({ARM_NAMES.get(arm, arm): runs[arm] for arm in arms}, out / "toyworld_learning.png")
+    plot_arms(runs, out / "toyworld_learning.png")
     print(markdown_table(results))
     print(f"results: {out / 'toyworld_learning.json'}  plot: {out / 'toyworld_learning.png'}  "
           f"wall {results['wall_s']:.0f} s")
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:

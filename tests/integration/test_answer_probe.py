@@ -18,8 +18,8 @@ def gold(small_toyworld: dict) -> tuple:
     from transformers import AutoModelForCausalLM
 
     from launch.config import load_config
-    from launch.sft import build_gold
     from retrieval_service.retriever import build_retriever
+    from workers.sft import build_gold
 
     cfg = load_config(["trainer=tiny", f"data.output_dir={small_toyworld['dir']}",
                        f"retrieval.corpus_path={small_toyworld['dir'] / 'corpus.jsonl'}"])

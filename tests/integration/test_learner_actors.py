@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_learner_engine import make_batch, make_tiny_model
+from tests.support.learner_batches import make_batch, make_tiny_model
 from workers.config import LearnerConfig
 from workers.learner import data, ppo
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.unit.test_reward_scoring import (
+from tests.support.reward_samples import (
     SAMPLE,
     assert_same,
     make_batch,
@@ -81,7 +81,7 @@ def test_replicas_score_with_the_corpus_idf(ray_cluster: dict, tmp_path) -> None
 
     from actors.reward import RewardGroup, corpus_idf
     from retrieval_service.corpus import CorpusError
-    from tests.unit.test_reward_scoring import NEAR, PARIS, ROME, near_miss_sample
+    from tests.support.reward_samples import NEAR, PARIS, ROME, near_miss_sample
     from workers.config import RetrievalConfig
     from workers.reward.info_gain import CorpusIdf
 

@@ -133,10 +133,6 @@ def test_a_killed_actor_is_restarted_with_current_weights_and_nothing_is_lost(
     assert ray.get(ref).policy_version == rollout_group.version
 
 
-def test_config_shape(toy: dict) -> None:
-    assert replace(ROLLOUT, num_workers=0).num_workers == 0 and Path(toy["policy"]).is_dir()
-
-
 @pytest.fixture()
 def hf_group(ray_cluster: dict, toy: dict, retrieval, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Two hf-engine actors (quick to restart) whose first rollout chunk hangs for 10 minutes

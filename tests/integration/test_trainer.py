@@ -213,3 +213,28 @@ def test_keep_checkpoints_keeps_the_newest_n_and_the_best(common: list[str], tmp
     best = min(step for step, em in ems.items() if em == max(ems.values()))
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert kept == sorted({f"step_{s:06d}" for s in (best, 3, 4)}), kept
+
+
+def test_an_in_process_rollout_worker_trains_end_to_end(ray_cluster: dict, common: list[str], tmp_path: Path) -> None:
+    """``rollout.num_workers=0``: the driver generates; its batches reach the reward and learner
+    actors through the object store like an actor's would."""
+    from actors.trainer import StePPOTrainer
+    from launch.config import load_config
+    from launch.train import _prepare_inputs
+
+    cfg, model_path = _prepare_inputs(load_config([*common, "trainer.total_steps=2", "rollout.engine=hf",
+                                                   "rollout.num_workers=0"]))
+    trainer = StePPOTrainer(cfg, tmp_path, model_path)
+    trainer.setup()
+    try:
+        assert trainer.rollout_group is not None and trainer.rollout_group.actors == []
+        assert trainer.learner is not None
+        before = trainer.learner.parameters()
+        steps = [trainer.train_step(), trainer.train_step()]
+        assert trainer.step == 2 and trainer.rollout_group.version == 2
+        for metrics in steps:
+            assert {"reward/outcome", "ppo/policy_loss", "rollout/tokens_per_s"} <= metrics.keys(), sorted(metrics)
+        assert not np.allclose(trainer.learner.parameters(), before)
+        assert trainer.evaluate()["eval/count"] == cfg.trainer.eval_size
+    finally:
+        trainer.shutdown()

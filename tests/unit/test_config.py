@@ -122,8 +122,8 @@ def test_learner_threads_default_to_the_cores_shared_among_ranks() -> None:
 
 
 def test_renaming_entities_is_refused_for_real_datasets() -> None:
-    from launch.sft import check_renaming
     from workers.data.rows import make_row
+    from workers.sft import check_renaming
 
     def row(source: str):
         return make_row(id="r", data_source=source, question="q", targets=["a"], search_keys=[], support_docs=[],
@@ -170,7 +170,7 @@ def test_prepare_data_alone_needs_the_input_path(capsys: pytest.CaptureFixture[s
 
 
 def test_sft_micro_batches_are_capped_at_a_ranks_share() -> None:
-    from launch.sft import sft_learner_config
+    from workers.sft import sft_learner_config
 
     cfg = load_config(["learner.num_ranks=8", "learner.micro_batch_size=1", "sft.batch_size=16",
                        "sft.micro_batch_size=8"])

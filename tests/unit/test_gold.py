@@ -78,7 +78,7 @@ def test_first_action_keeps_the_prompt_and_the_first_search_only(tokenizer: Any)
 def test_name_pool_draws_another_name_of_the_same_shape() -> None:
     import random
 
-    from workers.rollout.gold import NamePool
+    from workers.data.renaming import NamePool
 
     pool = NamePool(["Vogupais University", "Cipava University", "Krebragei Holdings", "Brihithin Labs",
                      "The Bizitom", "The Sebiagi", "Nochail Peijariar", "Fiafou Zouvitial", "kaistejon", "drutou",
@@ -94,7 +94,7 @@ def test_name_pool_draws_another_name_of_the_same_shape() -> None:
 
 
 def test_renaming_replaces_whole_names_longest_first() -> None:
-    from workers.rollout.gold import Renaming
+    from workers.data.renaming import Renaming
 
     rename = Renaming({"Ann": "Zu", "Ann Lee": "Bo Ka", "Paris": "Tiva"})
     assert rename("Ann Lee met Ann in Paris, not Annex or Parisian.") == "Bo Ka met Zu in Tiva, not Annex or Parisian."
@@ -104,7 +104,7 @@ def test_renaming_replaces_whole_names_longest_first() -> None:
 def test_renamed_gold_episode_searches_real_names_and_shows_fresh_ones(tokenizer: Any) -> None:
     import random
 
-    from workers.rollout.gold import NamePool, Renaming, entity_names
+    from workers.data.renaming import NamePool, Renaming, entity_names
 
     asked: list[str] = []
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_learner_engine import make_batch, make_tiny_model, tiny_cfg
+from tests.support.learner_batches import make_batch, make_tiny_model
+from tests.unit.test_learner_engine import tiny_cfg
 from workers.learner.data import PPOBatch
 from workers.learner.worker import SKIPPED_UPDATES, LearnerWorker, NonFiniteUpdates
 
@@ -24,7 +25,8 @@ SCRIPT = r"""
 import json, socket, sys
 from pathlib import Path
 import numpy as np
-from tests.unit.test_learner_engine import make_batch, make_tiny_model, tiny_cfg
+from tests.support.learner_batches import make_batch, make_tiny_model
+from tests.unit.test_learner_engine import tiny_cfg
 from tests.unit.test_nonfinite_updates import run_sequence
 from workers.learner.worker import LearnerWorker
 

@@ -22,8 +22,9 @@ from retrieval_service.batching import (
     BatchingSearcher,
     normalize_query,
 )
-from retrieval_service.encoders import DenseEncoder, plan_chunks
+from retrieval_service.encoders import DenseEncoder
 from retrieval_service.index import IndexMismatchError
+from retrieval_service.packing import plan_chunks
 from retrieval_service.retriever import Retriever, SearchInputError, build_retriever
 from workers.config import RetrievalConfig
 from workers.types import Document

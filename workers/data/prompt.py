@@ -6,6 +6,9 @@ The rollout's agent loop uses the same tag names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 SEARCH_INSTRUCTION = (
     "Answer the question below. Think step by step inside <think> and </think> whenever you "
     "receive new information. When you need a fact you do not know, write a search query as "
@@ -29,3 +32,12 @@ INSTRUCTIONS = {"search": SEARCH_INSTRUCTION, "short": SHORT_INSTRUCTION}
 def build_prompt(question: str, template: str = SEARCH_INSTRUCTION) -> list[dict[str, str]]:
     """The row's ``prompt`` field: one user message."""
     return [{"role": "user", "content": template.format(question=question.strip())}]
+
+
+def encode_chat_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    """The token ids the policy sees for a row's ``prompt``: its chat template with the
+    assistant turn opened. (``apply_chat_template`` returns a list, or with newer
+    transformers a ``BatchEncoding``; both give plain ints here.)"""
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, Mapping) else getattr(ids, "input_ids", ids)
+    return [int(i) for i in ids]

@@ -41,8 +41,6 @@ from workers.learner.ppo import (
 )
 
 _LAZY = {
-    "PolicyWorker": "workers.learner.worker",
-    "CriticWorker": "workers.learner.worker",
     "LearnerWorker": "workers.learner.worker",
     "shard_indices": "workers.learner.worker",
 }
@@ -68,10 +66,8 @@ __all__ = [
     "RETURNS_MEAN",
     "VALUE_CLIPFRAC",
     "VALUE_LOSS",
-    "CriticWorker",
     "LearnerWorker",
     "PPOStats",
-    "PolicyWorker",
     "actor_loss",
     "compute_advantages",
     "compute_gae",

@@ -79,17 +79,3 @@ def minibatches(batch_size: int, mini_batch_size: int, seed: int, shuffle: bool 
                          f"of {mini_batch_size}")
     order = np.random.default_rng(seed).permutation(batch_size) if shuffle else np.arange(batch_size)
     return [np.sort(chunk) for chunk in np.split(order, batch_size // mini_batch_size)]
-
-
-def shard_indices(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """This rank's contiguous share of a mini-batch (or of the whole batch)."""
-    if len(indices) % world_size:
-        raise ValueError(f"{len(indices)} samples do not split over {world_size} ranks")
-    per_rank = len(indices) // world_size
-    return indices[rank * per_rank:(rank + 1) * per_rank]
-
-
-def rank_range(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[lo, hi) of this rank's contiguous shard of a batch (forward-only passes)."""
-    lo, hi = shard_indices(np.arange(batch_size), rank, world_size)[[0, -1]]
-    return int(lo), int(hi) + 1

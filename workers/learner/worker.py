@@ -28,7 +28,9 @@ from workers.faults import hang_point
 from workers.learner import engine as eng
 from workers.learner import model as mdl
 from workers.learner import ppo
-from workers.learner.data import PPOBatch, minibatches, rank_range, shard_indices
+from workers.learner.data import PPOBatch, minibatches
+from workers.seeds import mix_seed
+from workers.sharding import rank_range, shard_indices
 from workers.types import TrajectoryBatch
 
 logger = logging.getLogger(__name__)
@@ -62,14 +64,17 @@ class LearnerWorker:
     """One rank holding the policy with its reference and/or the critic (``roles``)."""
 
     def __init__(self, cfg: LearnerConfig, model_path: str, roles: Sequence[str] = ("policy",),
-                 seed: int = 0, total_steps: int = 0, temperature: float = 1.0) -> None:
+                 seed: int = 0, total_steps: int = 0, temperature: float = 1.0,
+                 trust_remote_code: bool = False) -> None:
         """``temperature``: the rollouts' sampling temperature, at which PPO scores the
-        policy's and the reference's tokens (SFT always trains the plain logits)."""
+        policy's and the reference's tokens (SFT always trains the plain logits).
+        ``trust_remote_code``: ``model.trust_remote_code``, as the rollout engines get it."""
         unknown = set(roles) - {"policy", "critic"}
         if unknown or not roles:
             raise ValueError(f"roles must be policy and/or critic, got {list(roles)}")
         self.cfg, self.model_path, self.roles = cfg, model_path, tuple(roles)
         self.seed, self.total_steps, self.temperature = seed, total_steps, temperature
+        self.trust_remote_code = trust_remote_code
         self.rank, self.world_size = 0, 1
         self.policy: eng.TrainEngine | None = None
         self.ref: eng.DeepSpeedInference | None = None
@@ -96,7 +101,7 @@ class LearnerWorker:
             raise ValueError("learner.engine=torch runs one rank; use deepspeed for more")
         self._seed_all(self.seed)
         dtype = torch.float32  # master weights; DeepSpeed casts to bf16 on GPUs itself
-        gc, trc = self.cfg.gradient_checkpointing, False
+        gc, trc = self.cfg.gradient_checkpointing, self.trust_remote_code
         if "policy" in self.roles:
             module = mdl.load_causal_lm(self.model_path, dtype, gc, trc)
             self.policy = eng.build_engine(module, self.cfg, self.cfg.actor_lr, world_size,
@@ -179,16 +184,6 @@ class LearnerWorker:
         mask = torch.from_numpy(batch.action_mask[lo:hi].astype(np.float32))
         return {k: (torch.cat(v).cpu() * mask).numpy() for k, v in out.items()}
 
-    def compute_logprobs(self, batch: TrajectoryBatch, lo: int | None = None,
-                         hi: int | None = None) -> dict[str, np.ndarray]:
-        """old_logprobs and ref_logprobs of a shard (policy ranks)."""
-        return {k: v for k, v in self.compute(batch, lo, hi).items() if k != "values"}
-
-    def compute_values(self, batch: TrajectoryBatch, lo: int | None = None,
-                       hi: int | None = None) -> np.ndarray:
-        """Critic values of a shard (critic ranks).  # (hi-lo, T)"""
-        return self.compute(batch, lo, hi)["values"]
-
     # ------------------------------------------------------------------ PPO update
 
     def ppo_update(self, batch: TrajectoryBatch, targets: PPOBatch, update_policy: bool = True
@@ -204,7 +199,7 @@ class LearnerWorker:
         totals: dict[str, float] = {}
         steps = 0
         for epoch in range(self.cfg.ppo_epochs):
-            order_seed = self.seed * 1_000_003 + self.updates * 1_009 + epoch
+            order_seed = mix_seed(self.seed, self.updates * 1_009 + epoch)
             for mb in minibatches(len(batch), self.cfg.mini_batch_size, order_seed):
                 num_tokens = float(batch.action_mask[mb].sum())
                 mine = shard_indices(mb, self.rank, self.world_size)
@@ -245,7 +240,7 @@ class LearnerWorker:
         if self.policy is None:
             raise RuntimeError("sft_update needs the policy role")
         totals = {SFT_LOSS: 0.0, GRAD_NORM: 0.0}
-        batches = minibatches(len(batch), self.cfg.mini_batch_size, self.seed * 1_000_003 + self.updates)
+        batches = minibatches(len(batch), self.cfg.mini_batch_size, mix_seed(self.seed, self.updates))
         self.policy.module.train()
         for mb in batches:
             n = max(float(batch.action_mask[mb].sum()), 1.0)
@@ -424,18 +419,3 @@ class LearnerWorker:
 def _is_weight_file(name: str) -> bool:
     return name.endswith((".safetensors", ".bin", ".pt", ".index.json"))
 
-
-class PolicyWorker(LearnerWorker):
-    """A rank of the policy and its frozen reference."""
-
-    def __init__(self, cfg: LearnerConfig, model_path: str, seed: int = 0,
-                 total_steps: int = 0) -> None:
-        super().__init__(cfg, model_path, ("policy",), seed, total_steps)
-
-
-class CriticWorker(LearnerWorker):
-    """A rank of the critic."""
-
-    def __init__(self, cfg: LearnerConfig, model_path: str, seed: int = 0,
-                 total_steps: int = 0) -> None:
-        super().__init__(cfg, model_path, ("critic",), seed, total_steps)

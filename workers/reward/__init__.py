@@ -23,10 +23,10 @@ from workers.reward.metrics import (
 )
 from workers.reward.scoring import (
     MalformedTrajectoryError,
+    RewardTotals,
     RewardWorker,
     TrajectoryScore,
     concat_reward_batches,
-    empty_reward_batch,
     last_action_index,
     reward_metrics,
     score_trajectory,
@@ -38,13 +38,13 @@ from workers.reward.scoring import (
 __all__ = [
     "CorpusIdf",
     "MalformedTrajectoryError",
+    "RewardTotals",
     "RewardWorker",
     "TrajectoryScore",
     "analyze",
     "answer_f1",
     "concat_reward_batches",
     "cover_exact_match",
-    "empty_reward_batch",
     "exact_match",
     "extract_answer",
     "format_ok",

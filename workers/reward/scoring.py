@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 from typing import NamedTuple, NoReturn
 
 import numpy as np
@@ -33,6 +34,7 @@ from workers.reward.metrics import (
     format_ok,
     search_key_score,
 )
+from workers.sharding import shard_range
 from workers.types import GroundTruth, RewardBatch, TrajectoryBatch, Turn, support_doc_contents
 
 logger = logging.getLogger(__name__)
@@ -201,24 +203,6 @@ def _check_columns(batch: TrajectoryBatch) -> None:
                          f"response_ids {batch.response_ids.shape}")
 
 
-def shard_range(size: int, shard: int, num_shards: int) -> tuple[int, int]:
-    """``[start, stop)`` of shard ``shard`` when ``size`` items split into ``num_shards``.
-
-    >>> [shard_range(5, k, 3) for k in range(3)]
-    [(0, 2), (2, 4), (4, 5)]
-    """
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"shard {shard} is outside [0, {num_shards})")
-    base, extra = divmod(size, num_shards)
-    start = shard * base + min(shard, extra)
-    return start, start + base + (shard < extra)
-
-
-def empty_reward_batch(num_tokens: int) -> RewardBatch:
-    """A ``RewardBatch`` of zero samples with ``num_tokens`` columns (an empty shard)."""
-    return _stack([], num_tokens)
-
-
 def _stack(rows: Sequence[tuple[TrajectoryScore, np.ndarray, int]], num_tokens: int) -> RewardBatch:
     """Columnar ``RewardBatch`` from per-sample (score, token rewards, number of searches)."""
     scores = [score for score, _, _ in rows]
@@ -258,22 +242,58 @@ def concat_reward_batches(parts: Sequence[RewardBatch]) -> RewardBatch:
     )
 
 
+@dataclass(frozen=True)
+class RewardTotals:
+    """The sums and counts behind ``reward_metrics``: a reward shard returns these beside its
+    ``RewardBatch``, and shards scored apart add up to the whole batch's (issue 25). Per-sample
+    terms are summed over samples; information gain and redundancy over search steps."""
+
+    samples: int = 0
+    outcome: float = 0.0
+    format_ok: float = 0.0
+    answer_f1: float = 0.0
+    exact_match: float = 0.0
+    key_score: float = 0.0
+    num_searches: float = 0.0
+    steps: int = 0
+    info_gain: float = 0.0
+    penalized_steps: int = 0
+    redundancy: float = 0.0
+
+    @classmethod
+    def of(cls, rewards: RewardBatch) -> RewardTotals:
+        gains = [g for sample in rewards.step_gains for g in sample]
+        penalties = [p for sample in rewards.step_penalties for p in sample]
+        def total(column: np.ndarray) -> float:
+            return float(np.sum(column, dtype=np.float64))
+
+        return cls(samples=len(rewards), outcome=total(rewards.outcome), format_ok=total(rewards.format_ok),
+                   answer_f1=total(rewards.answer_f1), exact_match=total(rewards.exact_match),
+                   key_score=total(rewards.key_score), num_searches=total(rewards.num_searches),
+                   steps=len(gains), info_gain=float(sum(gains)), penalized_steps=len(penalties),
+                   redundancy=float(sum(penalties)))
+
+    def __add__(self, other: RewardTotals) -> RewardTotals:
+        return RewardTotals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))  # type: ignore[arg-type]
+
+    def metrics(self) -> dict[str, float]:
+        """Batch means keyed by the ``reward/...`` metric names (empty for no samples)."""
+        if self.samples == 0:
+            return {}
+        n = self.samples
+        return {
+            METRIC_OUTCOME: self.outcome / n, METRIC_FORMAT_OK: self.format_ok / n,
+            METRIC_ANSWER_F1: self.answer_f1 / n, METRIC_EXACT_MATCH: self.exact_match / n,
+            METRIC_KEY_SCORE: self.key_score / n,
+            METRIC_INFO_GAIN: self.info_gain / self.steps if self.steps else 0.0,
+            METRIC_REDUNDANCY: self.redundancy / self.penalized_steps if self.penalized_steps else 0.0,
+            METRIC_NUM_SEARCHES: self.num_searches / n,
+        }
+
+
 def reward_metrics(rewards: RewardBatch) -> dict[str, float]:
     """Batch means of the breakdown, keyed by the ``reward/...`` metric names."""
-    if len(rewards) == 0:
-        return {}
-    steps = [g for gains in rewards.step_gains for g in gains]
-    penalties = [p for sample in rewards.step_penalties for p in sample]
-    return {
-        METRIC_OUTCOME: float(rewards.outcome.mean()),
-        METRIC_FORMAT_OK: float(rewards.format_ok.mean()),
-        METRIC_ANSWER_F1: float(rewards.answer_f1.mean()),
-        METRIC_EXACT_MATCH: float(rewards.exact_match.mean()),
-        METRIC_KEY_SCORE: float(rewards.key_score.mean()),
-        METRIC_INFO_GAIN: float(np.mean(steps)) if steps else 0.0,
-        METRIC_REDUNDANCY: float(np.mean(penalties)) if penalties else 0.0,
-        METRIC_NUM_SEARCHES: float(rewards.num_searches.mean()),
-    }
+    return RewardTotals.of(rewards).metrics()
 
 
 class RewardWorker:
@@ -318,3 +338,9 @@ class RewardWorker:
         """Rewards of shard ``shard`` of ``num_shards`` contiguous shards (see ``shard_range``)."""
         start, stop = shard_range(len(batch), shard, num_shards)
         return self.score(batch, start, stop)
+
+    def score_shard_totals(self, batch: TrajectoryBatch, shard: int, num_shards: int
+                           ) -> tuple[RewardBatch, RewardTotals]:
+        """``score_shard`` and its ``RewardTotals`` (the batch's metrics add up from these)."""
+        rewards = self.score_shard(batch, shard, num_shards)
+        return rewards, RewardTotals.of(rewards)

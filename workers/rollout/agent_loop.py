@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from workers.config import RolloutConfig
 from workers.rollout.engines import GenerationEngine, SamplingSettings
-from workers.types import Document, Turn, TurnKind
+from workers.types import Document, SearchFn, Turn, TurnKind
 
 logger = logging.getLogger(__name__)
 
-SearchFn = Callable[[list[str], int], list[list[Document]]]
-"""``search(queries, topk) -> documents per query`` (a Retriever, or a Ray handle's wrapper)."""
 
 # The notes name the tags without writing a tag pair: a pair in inserted text would read
 # as a search or an answer to anything that parses the response.

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from workers.config import RolloutConfig
+from workers.data.prompt import encode_chat_prompt
 from workers.data.rows import QARow
 from workers.rollout.agent_loop import AgentLoop, Episode, LoopSettings, SearchFn
 from workers.rollout.engines import SamplingSettings, make_engine
@@ -115,12 +116,11 @@ class RolloutWorker:
 
     def encode_prompt(self, row: QARow) -> list[int]:
         """Chat-template the row's prompt; refuse prompts over ``max_prompt_tokens``."""
-        ids = self.tokenizer.apply_chat_template(list(row.prompt), add_generation_prompt=True, tokenize=True)
-        ids = list(getattr(ids, "input_ids", ids) if not isinstance(ids, Mapping) else ids["input_ids"])
+        ids = encode_chat_prompt(self.tokenizer, row.prompt)
         if len(ids) > self.cfg.max_prompt_tokens:
             raise ValueError(f"sample {row.id}: prompt has {len(ids)} tokens, more than "
                              f"rollout.max_prompt_tokens={self.cfg.max_prompt_tokens}")
-        return [int(i) for i in ids]
+        return ids
 
     def rollout(self, rows: Sequence[QARow], *, greedy: bool = False, seed: int | None = None,
                 n_samples: int | None = None) -> TrajectoryBatch:

@@ -1,0 +1,1 @@
+"""Builders shared by the unit and integration tests (not tests themselves)."""
