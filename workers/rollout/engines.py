@@ -18,6 +18,57 @@ from typing import Any, Protocol, cast
 logger = logging.getLogger(__name__)
 
 
+WEIGHTS_PREFIX = "stepsearch-weights-"
+"""Weight files of the object-store sync: ``<dir>/stepsearch-weights-<pid>-<random>/``."""
+
+SHM_DIR = "/dev/shm"
+
+
+def weights_dir(nbytes: int, shm: str = SHM_DIR) -> str | None:
+    """Where a weight file of ``nbytes`` goes: shared memory when it has room for it (with a
+    quarter to spare; Docker gives /dev/shm 64 MB by default), else the temporary directory
+    on disk (``None``). Leftovers of killed processes are swept first."""
+    import shutil
+    import tempfile
+
+    if not os.path.isdir(shm):
+        return None
+    sweep_weight_files(shm)
+    free = shutil.disk_usage(shm).free
+    if free >= nbytes * 1.25:
+        return shm
+    logger.warning("%s has %.0f MB free, less than the %.0f MB weight file: writing it to %s instead",
+                   shm, free / 2**20, nbytes / 2**20, tempfile.gettempdir())
+    return None
+
+
+def sweep_weight_files(root: str) -> list[str]:
+    """Remove weight folders under ``root`` whose writing process is gone; returns them."""
+    import shutil
+
+    removed = []
+    for name in os.listdir(root):
+        if not name.startswith(WEIGHTS_PREFIX):
+            continue
+        pid = name[len(WEIGHTS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(name)
+    if removed:
+        logger.info("removed %d weight folder(s) left in %s by killed processes", len(removed), root)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """What to sample for one call. ``temperature == 0`` is greedy."""
@@ -125,12 +176,13 @@ class VLLMEngine:
 
         from safetensors.torch import save_file
 
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        with tempfile.TemporaryDirectory(prefix="stepsearch-weights-", dir=shm) as tmp:
+        tensors = _unshared(weights)
+        if self.tied_embeddings and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        with tempfile.TemporaryDirectory(prefix=f"{WEIGHTS_PREFIX}{os.getpid()}-",
+                                         dir=weights_dir(nbytes)) as tmp:
             path = os.path.join(tmp, "model.safetensors")
-            tensors = _unshared(weights)
-            if self.tied_embeddings and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
-                tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
             save_file(tensors, path)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
         self.llm.reset_prefix_cache()
