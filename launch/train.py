@@ -32,11 +32,12 @@ from omegaconf import DictConfig
 
 from actors.cluster import init_ray
 from actors.session import Session
-from actors.trainer import LearnerFailure, StePPOTrainer, check_fits
+from actors.trainer import LearnerFailure, PhaseTimeout, StePPOTrainer, check_fits
 from launch.config import CONFIG_DIR, register_configs, to_config
 from launch.report import eval_line, print_results, print_step, progress_bar, write_plots
 from workers.config import Config, ConfigError
 from workers.data.reward_inputs import check_training_rows
+from workers.faults import RestartBudgetExceeded
 from workers.run_identity import read_state, reconcile
 from workers.tracking import MetricsLogger, latest_checkpoint, prune_checkpoints, read_metrics, truncate_metrics
 
@@ -240,13 +241,18 @@ def main(dcfg: DictConfig) -> float:
     """Hydra entry point; returns the final validation F1 (for sweepers that optimize it)."""
     hydra_cfg = HydraConfig.get()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # lines as they happen, in job logs too
+    run_dir: Path | None = None
     try:
         cfg = to_config(dcfg)
-        summary = train(cfg, run_directory(cfg, Path(hydra_cfg.runtime.output_dir)), list(hydra_cfg.overrides.task))
-    except (ConfigError, LearnerFailure) as exc:
+        run_dir = run_directory(cfg, Path(hydra_cfg.runtime.output_dir))
+        summary = train(cfg, run_dir, list(hydra_cfg.overrides.task))
+    except (ConfigError, LearnerFailure, PhaseTimeout, RestartBudgetExceeded) as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed run; the sweep (or an Optuna study) goes on
         print(f"{'config error' if isinstance(exc, ConfigError) else 'error'}: {exc}", file=sys.stderr)
+        if isinstance(exc, (PhaseTimeout, RestartBudgetExceeded)) and run_dir is not None:
+            print(f"resume with: python -m launch.train trainer.resume=auto trainer.run_dir={run_dir} "
+                  f"(last checkpoint: {latest_checkpoint(run_dir)})", file=sys.stderr)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
     return float(summary["eval"].get("eval/f1", 0.0))
 

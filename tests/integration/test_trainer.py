@@ -238,3 +238,21 @@ def test_an_in_process_rollout_worker_trains_end_to_end(ray_cluster: dict, commo
         assert trainer.evaluate()["eval/count"] == cfg.trainer.eval_size
     finally:
         trainer.shutdown()
+
+
+def test_a_rollout_restart_budget_spent_stops_the_job_with_exit_1_and_the_resume_command(
+        common: list[str], tmp_path: Path) -> None:
+    """rollout.max_restarts=0: the first rollout chunk hangs (the test-only knob), the actor
+    is killed at rollout.timeout_s, and that one death is over the budget."""
+    from workers.faults import HANG_ENV
+
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": "127.0.0.1",
+           HANG_ENV: f"rollout:600:{tmp_path / 'hung'}"}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launch.train", *common, "trainer.total_steps=2", "rollout.engine=hf",
+           "trainer.eval_start=false", "rollout.timeout_s=30", "rollout.max_restarts=0", f"trainer.run_dir={run}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert (tmp_path / "hung").exists()  # the chunk did hang
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "error: " in done.stderr and "rollout.max_restarts" in done.stderr, done.stderr[-3000:]
+    assert f"resume with: python -m launch.train trainer.resume=auto trainer.run_dir={run}" in done.stderr

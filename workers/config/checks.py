@@ -203,10 +203,10 @@ def validate(cfg: Config) -> Config:
     _validate_runtime(cfg)
     _positive(cfg, "trainer.total_steps", "trainer.batch_size", "trainer.eval_size", "retrieval.search_timeout_s",
               "trainer.reward_timeout_s",
-              "rollout.timeout_s", "rollout.max_restarts", "rollout.restart_window_s", "learner.timeout_s",
+              "rollout.timeout_s", "rollout.restart_window_s", "learner.timeout_s",
               "learner.max_nonfinite_updates")
     _non_negative(cfg, "trainer.eval_every", "trainer.save_every", "trainer.keep_checkpoints",
-                  "trainer.critic_warmup_steps")
+                  "trainer.critic_warmup_steps", "rollout.max_restarts")
     _require(cfg.trainer.critic_warmup_steps == 0 or cfg.learner.advantage_estimator == "gae",
              "trainer.critic_warmup_steps",
              f"needs a critic, but learner.advantage_estimator={cfg.learner.advantage_estimator} has none")

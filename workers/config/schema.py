@@ -261,7 +261,7 @@ class RolloutConfig:
     (Ray restarts it) and the chunk is rolled out again, as after a crash."""
     max_restarts: int = 3
     """Rollout actor deaths (crashes, kills after a timeout) tolerated within
-    restart_window_s; one more ends the job."""
+    restart_window_s; one more ends the job (0: the first death does)."""
     restart_window_s: float = 3600.0
     """Window of max_restarts: older deaths no longer count."""
 
