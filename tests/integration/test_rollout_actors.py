@@ -142,7 +142,8 @@ def hf_group(ray_cluster: dict, toy: dict, retrieval, tmp_path: Path, monkeypatc
     from workers.faults import HANG_ENV
 
     monkeypatch.setenv(HANG_ENV, f"rollout:600:{tmp_path / 'hung'}")
-    cfg = replace(ROLLOUT, engine="hf", timeout_s=120.0, weight_sync_timeout_s=120.0)
+    # Half a CPU each: the module's two vLLM actors and the retrieval actor hold 2.5 of the 4.
+    cfg = replace(ROLLOUT, engine="hf", num_cpus_per_worker=0.5, timeout_s=120.0, weight_sync_timeout_s=120.0)
     group = RolloutGroup(cfg, toy["policy"], retrieval.search, topk=2, dtype="float32", chunk_size=2)
     yield group
     group.shutdown()
