@@ -17,6 +17,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 QUIET_FLAG = "STEPSEARCH_QUIET"
 """Set to 1 in processes where known noise is hidden."""
@@ -35,6 +36,12 @@ NOISY_LOGGERS = ("vllm", "transformers", "deepspeed", "DeepSpeed", "torch.distri
                  "torch._library.triton")  # "Triton not available" on every CPU custom-op registration
 
 
+VLLM_LOGGING_CONFIG = Path(__file__).with_name("vllm_logging.json")
+"""vLLM's logging in quiet processes (``VLLM_LOGGING_CONFIG_PATH``): errors only, and torch's
+"Triton not available" lowered. vLLM applies it in the engine-core and worker processes it
+spawns, which Ray's setup hook does not reach; each process points at its own copy."""
+
+
 def is_quiet() -> bool:
     return os.environ.get(QUIET_FLAG) == "1"
 
@@ -45,6 +52,7 @@ def quiet_libraries(quiet: bool = True) -> dict[str, str]:
     if not quiet:
         return {}
     os.environ.update(QUIET_ENV)
+    os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(VLLM_LOGGING_CONFIG))
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in NOISY_LOGGERS:
