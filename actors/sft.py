@@ -72,7 +72,8 @@ class SFTTrainer:
 
     def _build(self, rename_pass: int, first_only: bool) -> list[Any]:
         rename = None if self.pool is None else (self.pool, f"sft-names/{self.cfg.seed}/{rename_pass}")
-        return build_gold(self.cfg, self.model_path, self.rows, self.session.search, rename, first_only)
+        return build_gold(self.cfg, self.model_path, self.rows, self.session.search, rename, first_only,
+                          early_seed=f"sft-early/{self.cfg.seed}/{rename_pass}")
 
     def gold(self, first_only: bool) -> list[Any]:
         """This pass's gold trajectories: new names every pass when renaming."""

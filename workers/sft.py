@@ -52,12 +52,14 @@ def name_pool(data_dir: Path, rows: list[QARow]) -> NamePool:
 
 
 def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: SearchFn,
-               rename: tuple[NamePool, int | str] | None = None, first_only: bool = False) -> list[TrajectoryBatch]:
+               rename: tuple[NamePool, int | str] | None = None, first_only: bool = False,
+               early_seed: int | str = 0) -> list[TrajectoryBatch]:
     """Packed gold trajectories of ``rows`` (rows whose episode does not fit are dropped).
 
     ``rename`` = (pool, seed): every row's entities take names drawn from the pool with
     that seed (``sft.rename_entities``); the packed rows are the renamed ones.
     ``first_only``: each trajectory cut after its first search (``sft.first_search_steps``).
+    ``early_seed``: draws the rows that answer one search early (``sft.early_answer_share``).
     """
     from transformers import AutoTokenizer
 
@@ -73,7 +75,10 @@ def build_gold(cfg: Config, model_path: str, rows: list[QARow], search: SearchFn
         renamings = [Renaming.draw(row, pool, rng) for row in rows]
     shown = rows if renamings is None else [r.row(row) for r, row in zip(renamings, rows, strict=True)]
     prompts = [encode_chat_prompt(tokenizer, row.prompt) for row in shown]
-    episodes = gold_episodes(rows, prompts, loop, search, renamings)
+    share = 0.0 if first_only else cfg.sft.early_answer_share
+    early_rng = random.Random(early_seed)
+    early = [early_rng.random() < share for _ in rows] if share > 0 else None
+    episodes = gold_episodes(rows, prompts, loop, search, renamings, early)
     if first_only:
         episodes = [first_action(e) for e in episodes]
     limit = cfg.rollout.max_response_tokens

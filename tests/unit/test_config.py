@@ -79,6 +79,7 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["data.toyworld.hops=[5]"], "data.toyworld.hops"),
     (["learner.num_threads=0"], "learner.num_threads"),
     (["sft.first_search_steps=-1"], "sft.first_search_steps"),
+    (["sft.early_answer_share=1.5"], "sft.early_answer_share"),
     (["trainer.critic_warmup_steps=-1"], "trainer.critic_warmup_steps"),
     (["reward.info_gain_idf=global"], "reward.info_gain_idf"),
     (["trainer.critic_warmup_steps=2", "learner.advantage_estimator=grpo", "rollout.n_samples=2"],
@@ -146,6 +147,8 @@ def test_the_quick_start_is_the_default_and_the_learning_preset_is_unchanged_by_
     learning = load_config(["+experiment=toyworld_learning"])
     assert learning.model.warm_start == "none"  # composed on trainer=tiny, as before the quick start
     assert learning.data.toyworld.hops == [2, 3, 4] and learning.trainer.eval_size == 128
+    assert cfg.sft.early_answer_share == 0.5  # the quick start's warm start answers too soon, half the time
+    assert bare.sft.early_answer_share == learning.sft.early_answer_share == 0.0  # complete demonstrations
 
 
 

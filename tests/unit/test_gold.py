@@ -138,3 +138,25 @@ def test_renamed_gold_episode_searches_real_names_and_shows_fresh_ones(tokenizer
         "answer", fresh["Paris"])
     with pytest.raises(ValueError, match="renamings"):
         gold_episodes([row], [[1]], loop, recording_search, [])
+
+
+def test_an_early_episode_stops_after_the_first_search_and_answers_what_it_found(tokenizer: Any) -> None:
+    from workers.rollout.gold import early_answer
+
+    row = make_row(id="r1", data_source="toyworld", question="Which country was the director of Foo born in?",
+                   targets=["France"], search_keys=[["Foo director"], ["Ann Lee born"], ["Paris country"]],
+                   support_docs=['"Foo"\nFoo was directed by Ann Lee.', '"Ann Lee"\nAnn Lee was born in Paris.',
+                                 '"Paris"\nParis is a city in France.'],
+                   support_doc_ids=["p0", "p1", "p2"], split="train", index=0, num_hops=3)
+    assert early_answer(row) == "Ann Lee"
+    assert early_answer(_row([["Foo director"]])) is None  # one hop: nothing to skip
+    assert early_answer(_row([["Foo director"], ["Ann Lee born"]])) is None  # no support paragraphs
+    loop = AgentLoop(None, tokenizer, search, LoopSettings(3, 400, 80, 32, 1))  # type: ignore[arg-type]
+    early, full, no_docs = gold_episodes([row, row, _row([["a"], ["b"]])], [[1], [1], [1]], loop, search,
+                                         early=[True, False, True])
+    assert [t.kind for t in early.turns] == ["search", "answer"] and early.turns[0].query == "Foo director"
+    assert parse_action(tokenizer.decode(early.response_ids[early.turns[1].action_start:])) == ("answer", "Ann Lee")
+    assert [t.kind for t in full.turns] == ["search", "search", "search", "answer"]
+    assert [t.kind for t in no_docs.turns] == ["search", "search", "answer"]  # no early answer: complete
+    with pytest.raises(ValueError, match="early flags"):
+        gold_episodes([row], [[1]], loop, search, early=[True, False])

@@ -34,6 +34,7 @@ def test_the_key_changes_with_every_input_it_depends_on(data_dir: Path) -> None:
     assert _key(cfg, "/cache/tiny-other") != base  # another tiny policy build
     assert _key(replace(cfg, seed=cfg.seed + 1)) != base
     assert _key(replace(cfg, sft=replace(cfg.sft, first_search_steps=7))) != base
+    assert _key(replace(cfg, sft=replace(cfg.sft, early_answer_share=0.25))) != base
     assert _key(replace(cfg, rollout=replace(cfg.rollout, max_obs_tokens=99))) != base
     assert _key(replace(cfg, retrieval=replace(cfg.retrieval, topk=5))) != base
     (data_dir / "train.parquet").write_bytes(b"rows v2")

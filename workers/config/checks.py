@@ -215,5 +215,7 @@ def validate(cfg: Config) -> Config:
         _positive(cfg, "learner.num_threads")
     _positive(cfg, "sft.epochs", "sft.lr", "sft.batch_size", "sft.micro_batch_size", "sft.steps_per_call")
     _non_negative(cfg, "sft.warmup_steps", "sft.eval_every", "sft.first_search_steps")
+    _require(0.0 <= cfg.sft.early_answer_share <= 1.0, "sft.early_answer_share",
+             f"{cfg.sft.early_answer_share} is not a share between 0 and 1")
     _validate_sft_batches(cfg)
     return cfg

@@ -475,6 +475,11 @@ class SFTConfig:
     """Give each trajectory's entities fresh invented names, new every epoch (data=toyworld
     only). A small policy trained on a few thousand questions otherwise memorises which
     names go with which question instead of learning to copy names into its queries."""
+    early_answer_share: float = 0.0
+    """Share of multi-hop gold trajectories that stop after their first search and answer
+    the entity it found (drawn anew every pass): a demonstrator that answers too soon, as
+    search agents often do. The quick start uses it so that its warm start has a failure
+    for StePPO to fix in a few CPU steps (docs/learning.md). 0: every trajectory complete."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from workers.data.corpus import split_contents
 from workers.data.renaming import Renaming
 from workers.data.rows import QARow
 from workers.rollout.agent_loop import LAST_TURN_NOTE, AgentLoop, Episode, SearchFn
@@ -33,21 +34,38 @@ def gold_queries(row: QARow) -> list[str]:
     return [group[0] for group in row.ground_truth.search_keys if group and group[0].strip()]
 
 
+def early_answer(row: QARow) -> str | None:
+    """What a demonstrator that stops after its first search answers: the entity that
+    search found, which is the title of the second support paragraph (None for one-hop
+    rows and rows without support paragraphs for their searches)."""
+    docs = row.ground_truth.support_docs
+    if len(gold_queries(row)) < 2 or len(docs) < 2:
+        return None
+    return split_contents(docs[1])[0] or None
+
+
 def gold_episodes(rows: Sequence[QARow], prompts: Sequence[Sequence[int]], loop: AgentLoop,
-                  search: SearchFn, renamings: Sequence[Renaming] | None = None) -> list[Episode]:
+                  search: SearchFn, renamings: Sequence[Renaming] | None = None,
+                  early: Sequence[bool] | None = None) -> list[Episode]:
     """One finished episode per row: gold searches with real retrieval, then the answer.
 
     ``loop`` supplies the tokenizer, the observation format and the budgets
     (``max_turns`` searches at most, ``max_response_tokens`` in all). ``renamings``: one
     per row, applied to everything the episode shows (``prompts`` must already be of the
-    renamed rows); searches use the real queries.
+    renamed rows); searches use the real queries. ``early``: per row, stop after the
+    first search and answer ``early_answer(row)`` (``sft.early_answer_share``; rows
+    without one stay complete).
     """
     s = loop.settings
     if renamings is None:
         renamings = [Renaming({})] * len(rows)
-    if len(renamings) != len(rows):
-        raise ValueError(f"{len(renamings)} renamings for {len(rows)} rows")
+    if len(renamings) != len(rows) or (early is not None and len(early) != len(rows)):
+        raise ValueError(f"{len(renamings)} renamings and {len(early or rows)} early flags for {len(rows)} rows")
+    answers = [row.ground_truth.target[0] for row in rows]
     plans = [gold_queries(row)[: s.max_turns] for row in rows]
+    for i, row in enumerate(rows):
+        if early is not None and early[i] and (found := early_answer(row)) is not None:
+            plans[i], answers[i] = gold_queries(row)[:1], found
     episodes = [Episode(list(p)) for p in prompts]
     for turn in range(max((len(p) for p in plans), default=0)):
         active = [i for i, plan in enumerate(plans) if turn < len(plan)]
@@ -62,8 +80,8 @@ def gold_episodes(rows: Sequence[QARow], prompts: Sequence[Sequence[int]], loop:
             episode.turns.append(Turn("search", start, end, obs_start, obs_end, query=query,
                                       doc_ids=tuple(d.id for d in docs),
                                       doc_texts=tuple(d.contents for d in docs)))
-    for row, episode, rename in zip(rows, episodes, renamings, strict=True):
-        start, end = _act(episode, loop, f"<answer> {rename(row.ground_truth.target[0])} </answer>")
+    for answer, episode, rename in zip(answers, episodes, renamings, strict=True):
+        start, end = _act(episode, loop, f"<answer> {rename(answer)} </answer>")
         episode.turns.append(Turn("answer", start, end, end, end))
         episode.done = True
     return episodes
