@@ -64,8 +64,8 @@ def gold_episodes(rows: Sequence[QARow], prompts: Sequence[Sequence[int]], loop:
     answers = [row.ground_truth.target[0] for row in rows]
     plans = [gold_queries(row)[: s.max_turns] for row in rows]
     for i, row in enumerate(rows):
-        if early is not None and early[i] and (found := early_answer(row)) is not None:
-            plans[i], answers[i] = gold_queries(row)[:1], found
+        if early is not None and early[i] and (name := early_answer(row)) is not None:
+            plans[i], answers[i] = gold_queries(row)[:1], name
     episodes = [Episode(list(p)) for p in prompts]
     for turn in range(max((len(p) for p in plans), default=0)):
         active = [i for i, plan in enumerate(plans) if turn < len(plan)]
