@@ -56,6 +56,10 @@ class RetrievalActor:
         """Top-k documents per query (``topk`` None: the configured default)."""
         return await self._searcher.search(queries, self._default_topk if topk is None else topk)
 
+    async def close(self) -> None:
+        """Stop the batching worker before the actor is killed (no pending task at exit)."""
+        await self._searcher.aclose()
+
     def info(self) -> dict[str, Any]:
         return self._retriever.info()
 
@@ -213,7 +217,10 @@ class RetrievalGroup:
         ray.get([a.reset_stats.remote() for a in self._replicas()])
 
     def shutdown(self) -> None:
-        """Kill the replicas (only the group that created them should call this)."""
+        """Kill the replicas (only the group that created them should call this), each after
+        it stopped its batching worker (a few seconds at most)."""
+        if self._actors:
+            ray.wait([actor.close.remote() for actor in self._actors], num_returns=len(self._actors), timeout=5)
         for actor in self._actors:
             ray.kill(actor)
         self._actors, self._names = [], []

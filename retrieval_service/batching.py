@@ -15,6 +15,7 @@ search waiting on it fails with ``SearcherStoppedError`` and the next call start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -203,6 +204,15 @@ class BatchingSearcher:
         if self._worker is not None:
             self._worker.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """``close``, then wait for the worker task to end on its loop, so that no pending
+        task is left for the loop to report when the process exits."""
+        worker = self._worker
+        self.close()
+        if worker is not None and worker.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
 
     def _cache_get(self, key: CacheKey) -> tuple[Document, ...] | None:
         hit = self._cache.get(key)

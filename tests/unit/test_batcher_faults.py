@@ -145,3 +145,19 @@ def test_cache_is_bounded_in_bytes() -> None:
     assert searcher.cache_bytes == 0
     searcher.close()
 
+
+
+def test_aclose_ends_the_worker_task_on_its_loop() -> None:
+    """After ``aclose`` the worker task is finished, so its loop has nothing pending to report
+    ("Task was destroyed but it is pending!") when the process exits."""
+    searcher = BatchingSearcher(FakeRetriever(), max_batch_size=4, max_wait_ms=1, cache_size=0)
+
+    async def run() -> None:
+        await searcher.search(["q"], 2)
+        worker = searcher._worker
+        assert worker is not None and not worker.done()  # idle, waiting for the next query
+        await searcher.aclose()
+        assert worker.done() and worker.cancelled()
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+    asyncio.run(run())
