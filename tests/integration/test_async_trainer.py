@@ -95,3 +95,43 @@ def test_a_rollout_actor_killed_mid_batch_loses_nothing_in_async_mode(async_trai
     batch = ray.get(t.async_rollout.last_trained.traj_ref)
     assert len(batch) == t.cfg.trainer.batch_size * t.cfg.rollout.n_samples  # every prompt came back
     assert 0.0 < fourth["ppo/is_weight_mean"] <= t.cfg.learner.is_cap
+
+
+def test_an_async_run_resumed_from_its_checkpoint_ends_where_the_straight_run_ends(
+        ray_cluster: dict, common: list[str], tmp_path: Path) -> None:
+    """The same as the kill test above with one Ray cluster (a complete checkpoint is all a
+    killed run leaves): the checkpoint of step 2 carries step 3's batch, rolled out by
+    version 1 during step 2; a new trainer resumed from it trains on that batch."""
+    from actors.trainer import StePPOTrainer
+    from launch.config import load_config
+    from launch.train import _prepare_inputs
+
+    cfg, model_path = _prepare_inputs(load_config([*common, *ASYNC, "trainer.total_steps=4", "seed=5"]))
+    straight = StePPOTrainer(cfg, tmp_path / "straight", model_path)
+    straight.setup()
+    try:
+        records = [straight.train_step() for _ in range(2)]
+        middle = straight.checkpoint()
+        records += [straight.train_step() for _ in range(2)]
+        end = straight.checkpoint()
+    finally:
+        straight.shutdown()
+    assert [r["async/policy_version"] for r in records] == [0, 0, 1, 2]
+    assert [r["async/staleness"] for r in records] == [0, 1, 1, 1]
+    assert (middle / "async_pending.pkl").exists()
+
+    resumed = StePPOTrainer(cfg, tmp_path / "resumed", model_path)
+    resumed.setup()
+    try:
+        resumed.resume(middle)
+        again = [resumed.train_step() for _ in range(2)]
+        final = resumed.checkpoint()
+    finally:
+        resumed.shutdown()
+    for r, q in zip(records[2:], again, strict=True):
+        for key in ("reward/outcome", "async/policy_version", "async/hard_trained", "ppo/policy_loss"):
+            assert q[key] == r[key], key
+    a, b, start = _policy_weights(end), _policy_weights(final), _policy_weights(middle)
+    assert any(not np.array_equal(a[k], start[k]) for k in a)  # training moved the weights
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
