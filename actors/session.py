@@ -15,7 +15,7 @@ Ray (``launch.evaluate`` and ``launch.ask`` on one machine).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -148,12 +148,16 @@ class Session:
         else:
             rollout.set_weights(self.learner.export_weights_ref(), version)
 
-    def checkpoint(self, run_dir: Path, step: int, state: Mapping[str, Any]) -> Path:
+    def checkpoint(self, run_dir: Path, step: int, state: Mapping[str, Any],
+                   extra: Callable[[Path], None] | None = None) -> Path:
         """The learner's state and ``state`` (``trainer_state.json``) as checkpoint ``step``
-        of ``run_dir``, visible only once complete."""
+        of ``run_dir``, visible only once complete; ``extra(folder)`` adds files (issue 23:
+        the async loop's rolled-out batches)."""
         assert self.learner is not None, "checkpoint needs a learner"
         staging = begin_checkpoint(run_dir, step)
         self.learner.save_checkpoint(str(staging / "learner"))
+        if extra is not None:
+            extra(staging)
         return commit_checkpoint(staging, state)
 
     def load_checkpoint(self, path: Path) -> None:

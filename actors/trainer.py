@@ -20,6 +20,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+from actors.async_loop import AsyncRollout
 from actors.learner import LearnerFailure, LearnerGroup
 from actors.retrieval import RetrievalGroup
 from actors.reward import RewardGroup
@@ -91,6 +92,7 @@ class StePPOTrainer:
         self.eval_rows: list[QARow] = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() else []
         self.sampler = PromptSampler(self.train_rows, seed=cfg.seed)
         self.session = Session(cfg, model_path, reuse=reuse)
+        self.async_rollout: AsyncRollout | None = None  # trainer.async_rollout (issue 23)
 
     @property
     def retrieval(self) -> RetrievalGroup | None:
@@ -120,6 +122,8 @@ class StePPOTrainer:
                               temperature=cfg.rollout.temperature, broadcast=cfg.rollout.weight_sync == "broadcast")
         if reused:  # it may hold another run's weights
             self.sync_weights()
+        if cfg.trainer.async_rollout:
+            self.async_rollout = AsyncRollout(self)
 
     def resume(self, path: Path | None = None) -> Path | None:
         """Continue from the checkpoint ``path`` (default: what ``trainer.resume`` names;
@@ -139,6 +143,8 @@ class StePPOTrainer:
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.sync_weights()
+        if self.async_rollout is not None:
+            self.async_rollout.load(path)
         logger.info("resumed from %s at step %d", path, self.step)
         return path
 
@@ -199,6 +205,8 @@ class StePPOTrainer:
 
     def train_step(self) -> dict[str, float]:
         """One StePPO step; returns its metrics with the time split."""
+        if self.async_rollout is not None:
+            return self.async_rollout.train_step()
         return self._step(mix_seed(self.cfg.seed, self.step), update_policy=True)
 
     def warmup_critic(self, on_step: Callable[[int, dict[str, float]], None] | None = None
@@ -246,6 +254,9 @@ class StePPOTrainer:
     def evaluate(self, rows: list[QARow] | None = None) -> dict[str, float]:
         """Greedy rollouts on ``rows`` (default: the validation prompts), scored for EM/F1/searches."""
         rows = self.eval_rows if rows is None else rows
+        if self.async_rollout is not None:  # no batch in flight, and the learner's newest weights
+            self.async_rollout.drain()
+            self.async_rollout.push_current()
         return self.session.evaluate(rows).metrics() if rows else {}
 
     def checkpoint(self) -> Path:
@@ -254,10 +265,13 @@ class StePPOTrainer:
                  "model_path": self.model_path, IDENTITY_KEY: run_identity(self.cfg, self.model_path),
                  "config": asdict(self.cfg)}
         with self._learner_phase(f"the checkpoint of step {self.step}"):
-            return self.session.checkpoint(self.run_dir, self.step, state)
+            return self.session.checkpoint(self.run_dir, self.step, state,
+                                           self.async_rollout.save if self.async_rollout is not None else None)
 
     def shutdown(self) -> None:
         """Stop the actors this trainer's session started (reused groups stay up)."""
+        if self.async_rollout is not None:
+            self.async_rollout.close()
         self.session.stop()
 
 

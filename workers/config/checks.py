@@ -33,6 +33,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "retrieval.replicas": ("fixed", "per_node"),
     "retrieval.backend": ("actor", "http"),
     "rollout.sleep_level": (0, 1, 2),
+    "learner.off_policy_correction": ("none", "tis", "decoupled"),
 }
 
 
@@ -182,6 +183,13 @@ def _validate_learner(cfg: Config) -> None:
              f"{learner.mini_batch_size} does not divide trainer.batch_size x rollout.n_samples = {samples}")
 
 
+def _validate_async(cfg: Config) -> None:
+    """Issue 23: the staleness bound and the importance-weight cap."""
+    _positive(cfg, "trainer.max_staleness")
+    _require(cfg.learner.is_cap >= 1.0, "learner.is_cap", f"must be >= 1 (a weight of 1 is on-policy), "
+             f"got {cfg.learner.is_cap}")
+
+
 def _validate_sft_batches(cfg: Config) -> None:
     """``sft.micro_batch_size`` caps a rank's pass; a rank's share of the batch may be smaller."""
     per_rank, rem = divmod(cfg.sft.batch_size, cfg.learner.num_ranks)
@@ -211,6 +219,7 @@ def validate(cfg: Config) -> Config:
              "trainer.critic_warmup_steps",
              f"needs a critic, but learner.advantage_estimator={cfg.learner.advantage_estimator} has none")
     _validate_learner(cfg)
+    _validate_async(cfg)
     if cfg.learner.num_threads is not None:
         _positive(cfg, "learner.num_threads")
     _positive(cfg, "sft.epochs", "sft.lr", "sft.batch_size", "sft.micro_batch_size", "sft.steps_per_call")

@@ -9,7 +9,10 @@ References: PPO (Schulman et al. 2017, arXiv 1707.06347) eq. 7 (clipped surrogat
 GAE (Schulman et al. 2015, arXiv 1506.02438) eq. 16; StepSearch (arXiv 2505.15107)
 section 3: GAE whose time steps are the action tokens only, KL-in-reward; dual clip
 (Ye et al. 2020, arXiv 1912.09729) eq. 5; the k1/k2/k3 KL estimators (J. Schulman,
-"Approximating KL divergence", 2020); GRPO (Shao et al. 2024, arXiv 2402.03300) 4.1.2.
+"Approximating KL divergence", 2020); GRPO (Shao et al. 2024, arXiv 2402.03300) 4.1.2;
+off-policy correction for asynchronous rollout (issue 23): truncated importance sampling
+(TIS, Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+training") and AReaL's decoupled PPO (Fu et al. 2025, arXiv 2505.24298, eq. 5).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor
 
 KLEstimator = Literal["k1", "k2", "k3"]
+OffPolicyCorrection = Literal["none", "tis", "decoupled"]
 
 POLICY_LOSS = "ppo/policy_loss"
 VALUE_LOSS = "ppo/value_loss"
@@ -31,6 +35,8 @@ KL_LOSS = "ppo/kl_loss"
 EXPLAINED_VARIANCE = "ppo/explained_variance"
 ADVANTAGES_MEAN = "ppo/advantages_mean"
 RETURNS_MEAN = "ppo/returns_mean"
+IS_WEIGHT_MEAN = "ppo/is_weight_mean"
+IS_CAPPED_FRAC = "ppo/is_capped_frac"
 
 
 class PPOStats(NamedTuple):
@@ -189,16 +195,38 @@ def sequence_scores(token_rewards: Tensor, action_mask: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- losses
 
 
+def behaviour_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, action_mask: Tensor,
+                      correction: OffPolicyCorrection, cap: float) -> tuple[Tensor, Tensor]:
+    """Per-token importance weight of the PPO loss, and where it was capped.  # (B, T) each
+
+    w = pi_old / pi_behav = exp(old_logprobs - rollout_logprobs): ``old`` is the learner's
+    policy before this update (PPO's denominator, AReaL's proximal policy), ``behav`` the
+    possibly older policy that sampled the tokens. ``tis`` truncates: min(w, cap);
+    ``decoupled`` (AReaL) keeps w and drops (weight 0) the tokens where w > cap. The
+    second tensor is 1 on action tokens whose w exceeded ``cap``.
+    """
+    if correction not in ("tis", "decoupled"):
+        raise ValueError(f"unknown off-policy correction {correction!r}: use tis or decoupled")
+    mask = action_mask.to(old_logprobs.dtype)
+    # Clamp before exp (as in kl_estimate): a far-off token would give inf, and inf * 0 = nan.
+    ratio = torch.exp((old_logprobs - rollout_logprobs).clamp(max=20.0))
+    capped = (ratio > cap).to(ratio.dtype)
+    weight = ratio.clamp(max=cap) if correction == "tis" else ratio * (1.0 - capped)
+    return weight.detach() * mask, capped * mask
+
+
 def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, action_mask: Tensor,
                 clip_ratio: float = 0.2, dual_clip: float | None = None,
-                num_tokens: float | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                num_tokens: float | Tensor | None = None,
+                token_weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Clipped surrogate (PPO eq. 7), as a loss. Returns (loss, clipfrac, approx_kl).
 
     ratio = exp(logprobs - old_logprobs); per token
     L = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), and with dual clip
-    L = min(L, -A * c) where A < 0. ``clipfrac`` counts tokens where the clipped term
-    won; ``approx_kl`` is the k3 estimate of KL(old || new). All three are token means
-    aggregated with ``num_tokens`` (see ``token_mean``).
+    L = min(L, -A * c) where A < 0. ``token_weights`` (``behaviour_weights``) multiply
+    each token's L (off-policy correction). ``clipfrac`` counts tokens where the clipped
+    term won; ``approx_kl`` is the k3 estimate of KL(old || new). All three are token
+    means aggregated with ``num_tokens`` (see ``token_mean``).
     """
     log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(log_ratio)
@@ -209,6 +237,8 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, acti
         if dual_clip <= 1.0:
             raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
         loss = torch.where(advantages < 0, torch.minimum(loss, -advantages * dual_clip), loss)
+    if token_weights is not None:
+        loss = loss * token_weights
     with torch.no_grad():
         clipfrac = token_mean((clipped > unclipped).to(loss.dtype), action_mask, num_tokens)
         approx_kl = token_mean(kl_estimate(old_logprobs, logprobs, "k3"), action_mask, num_tokens)
@@ -252,19 +282,30 @@ def actor_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, actio
                entropy: Tensor, *, clip_ratio: float = 0.2, dual_clip: float | None = None,
                entropy_coef: float = 0.001, ref_logprobs: Tensor | None = None,
                kl_loss_coef: float = 0.0, num_tokens: float | Tensor | None = None,
-               ) -> tuple[Tensor, dict[str, Tensor]]:
+               rollout_logprobs: Tensor | None = None, correction: OffPolicyCorrection = "none",
+               is_cap: float = 2.0) -> tuple[Tensor, dict[str, Tensor]]:
     """Policy objective: clipped surrogate - entropy bonus (+ k3 KL loss when asked).
 
     Returns the scalar loss and its parts (``ppo/...`` keys), all aggregated with
     ``num_tokens``. ``ref_logprobs`` with ``kl_loss_coef`` > 0 is the KL-loss variant
-    (use it *instead of* the KL in the reward).
+    (use it *instead of* the KL in the reward). ``correction`` tis/decoupled weights the
+    surrogate by ``behaviour_weights(old_logprobs, rollout_logprobs, ...)`` and reports
+    the weight's token mean and the share of capped tokens.
     """
+    weights = capped = None
+    if correction != "none":
+        if rollout_logprobs is None:
+            raise ValueError(f"off-policy correction {correction!r} needs rollout_logprobs")
+        weights, capped = behaviour_weights(old_logprobs, rollout_logprobs, action_mask, correction, is_cap)
     pg, clipfrac, approx_kl = policy_loss(logprobs, old_logprobs, advantages, action_mask,
-                                          clip_ratio, dual_clip, num_tokens)
+                                          clip_ratio, dual_clip, num_tokens, weights)
     ent = token_mean(entropy, action_mask, num_tokens)
     loss = pg - entropy_coef * ent
     parts = {POLICY_LOSS: pg.detach(), CLIPFRAC: clipfrac, APPROX_KL: approx_kl,
              ENTROPY: ent.detach()}
+    if weights is not None and capped is not None:
+        parts[IS_WEIGHT_MEAN] = token_mean(weights, action_mask, num_tokens)
+        parts[IS_CAPPED_FRAC] = token_mean(capped, action_mask, num_tokens)
     if ref_logprobs is not None and kl_loss_coef > 0:
         kl = token_mean(kl_estimate(logprobs, ref_logprobs, "k3"), action_mask, num_tokens)
         loss = loss + kl_loss_coef * kl

@@ -48,7 +48,7 @@ class NonFiniteUpdates(RuntimeError):
 
 
 _SUMMED = (ppo.POLICY_LOSS, ppo.VALUE_LOSS, ppo.APPROX_KL, ppo.CLIPFRAC, ppo.VALUE_CLIPFRAC,
-           ppo.ENTROPY, ppo.KL_LOSS, SFT_LOSS)
+           ppo.ENTROPY, ppo.KL_LOSS, SFT_LOSS, ppo.IS_WEIGHT_MEAN, ppo.IS_CAPPED_FRAC)
 """Update metrics that are token means over the global mini-batch: ranks add them up."""
 
 
@@ -267,7 +267,7 @@ class LearnerWorker:
             t = response.shape[1]
             parts: dict[str, Tensor] = {}
             if policy is not None:
-                parts.update(self._policy_micro_step(inputs, response, mask, targets, chunk, n))
+                parts.update(self._policy_micro_step(inputs, response, mask, targets, chunk, n, batch))
             if self.critic is not None and targets.old_values is not None:
                 self.critic.module.train()
                 values = mdl.critic_forward(self.critic, inputs, t)  # (b, t)
@@ -288,7 +288,8 @@ class LearnerWorker:
         return sums
 
     def _policy_micro_step(self, inputs: mdl.ModelInputs, response: Tensor, mask: Tensor,
-                           targets: PPOBatch, chunk: np.ndarray, n: float) -> dict[str, Tensor]:
+                           targets: PPOBatch, chunk: np.ndarray, n: float,
+                           batch: TrajectoryBatch | None = None) -> dict[str, Tensor]:
         assert self.policy is not None
         self.policy.module.train()
         logprobs, entropy = mdl.policy_forward(self.policy, inputs, response, with_entropy=True,
@@ -296,12 +297,18 @@ class LearnerWorker:
         assert entropy is not None
         t = response.shape[1]
         ref = None if targets.ref_logprobs is None else self._take(targets.ref_logprobs, chunk, t)
+        correction = self.cfg.off_policy_correction
+        behaviour = None  # issue 23: the sampling policy's log-probs, for tis/decoupled only
+        if correction != "none" and batch is not None:
+            behaviour = self._take(batch.rollout_logprobs, chunk, t)
         loss, parts = ppo.actor_loss(
             logprobs, self._take(targets.old_logprobs, chunk, t),
             self._take(targets.advantages, chunk, t), mask, entropy,
             clip_ratio=self.cfg.clip_ratio, dual_clip=self.cfg.dual_clip,
             entropy_coef=self.cfg.entropy_coef, ref_logprobs=ref,
-            kl_loss_coef=self.cfg.kl_coef if self.cfg.use_kl_loss else 0.0, num_tokens=n)
+            kl_loss_coef=self.cfg.kl_coef if self.cfg.use_kl_loss else 0.0, num_tokens=n,
+            rollout_logprobs=behaviour, correction=correction,  # type: ignore[arg-type]
+            is_cap=self.cfg.is_cap)
         self.policy.backward(loss)
         self.policy.step()
         return parts

@@ -124,6 +124,8 @@ class VLLMEngine:
                        gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                        trust_remote_code=trust_remote_code, use_tqdm_on_load=False,
+                       # log-probs after temperature/top-p, as sampled (issue 23's correction)
+                       logprobs_mode="processed_logprobs",
                        worker_extension_cls="workers.weight_sync.WeightSyncExtension")
         self.tokenizer = self.llm.get_tokenizer()
         hf_config = self.llm.llm_engine.model_config.hf_config
@@ -263,6 +265,10 @@ class HFEngine:
                 logprobs = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
                 token = self._sample(logprobs, settings)
                 out_ids.append(token)
+                # The log-prob of the distribution sampled from (at its temperature), as the
+                # learner scores it: what off-policy correction compares (issue 23).
+                if settings.temperature > 0 and settings.temperature != 1.0:
+                    logprobs = torch.log_softmax(step.logits[0, -1].float() / settings.temperature, dim=-1)
                 out_lps.append(float(logprobs[token]))
                 ids = torch.tensor([[token]], device=self.device)
                 text = str(self.tokenizer.decode(out_ids))
