@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -117,6 +118,20 @@ def plan_buckets(module: nn.Module, bucket_mb: float) -> Manifest:
     return Manifest(tuple(buckets))
 
 
+class Stopwatch:
+    """Seconds spent per phase of a sync, summed over buckets (the benchmark's ``--profile``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the previous lap to ``phase``."""
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
 def _view(buffer: Tensor, spec: TensorSpec) -> Tensor:
     return buffer[spec.offset:spec.offset + spec.nbytes].view(_dtype(spec.dtype)).view(spec.shape)
 
@@ -171,28 +186,35 @@ class WeightGroup:
         self._store = None
 
 
-def send_buckets(group: WeightGroup | None, module: nn.Module, manifest: Manifest, zero3: bool) -> bool:
+def send_buckets(group: WeightGroup | None, module: nn.Module, manifest: Manifest, zero3: bool,
+                 watch: Stopwatch | None = None) -> bool:
     """Gather (ZeRO-3: all learner ranks call, in step) and broadcast each bucket from rank 0.
 
     ``group`` is None on the other learner ranks: they only take part in the gathers. A
     failed broadcast (an engine died, the timeout) stops the sending but not the gathers,
-    so the learner ranks stay in step; returns False then.
+    so the learner ranks stay in step; returns False then. ``watch`` gets the time per phase.
     """
+    watch = watch or Stopwatch()
     tensors = {names[0]: t for names, t in unique_tensors(module)}
     ok = group is not None
     for bucket in manifest.buckets:
         params = [tensors[spec.names[0]] for spec in bucket.tensors]
+        watch.lap("other")
         with _gathered(params, zero3):
+            watch.lap("gather")
             if not ok or group is None:
                 continue
             buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=group.device)
             for spec, param in zip(bucket.tensors, params, strict=True):
                 _view(buffer, spec).copy_(param.detach())
+            watch.lap("pack")
             try:
                 group.broadcast(buffer)
             except RuntimeError as exc:  # gloo/NCCL: a peer closed or the timeout passed
                 logger.warning("weight broadcast failed (%s); gathering on without sending", exc)
                 ok = False
+            watch.lap("broadcast")
+        watch.lap("release")
     return ok
 
 
@@ -205,11 +227,18 @@ def _gathered(params: list[Tensor], zero3: bool) -> Any:
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
-def receive_buckets(group: WeightGroup, manifest: Manifest) -> Iterator[tuple[str, Tensor]]:
-    """Each bucket as it arrives, as ``(name, tensor)`` views of the received buffer."""
+def receive_buckets(group: WeightGroup, manifest: Manifest,
+                    watch: Stopwatch | None = None) -> Iterator[tuple[str, Tensor]]:
+    """Each bucket as it arrives, as ``(name, tensor)`` views of the received buffer.
+
+    ``watch``: time in the broadcast (``receive``) and between buckets (the consumer's ``load``).
+    """
+    watch = watch or Stopwatch()
     for bucket in manifest.buckets:
         buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=group.device)
+        watch.lap("load")
         group.broadcast(buffer)
+        watch.lap("receive")
         for spec in bucket.tensors:
             tensor = _view(buffer, spec)
             for name in spec.names:
@@ -224,6 +253,7 @@ class WeightSyncExtension:
     """
 
     _weight_group: WeightGroup | None = None
+    _weight_sync_seconds: dict[str, float] | None = None
 
     def join_weight_group(self, rank_offset: int, world_size: int, host: str, port: int,
                           store_path: str | None, timeout_s: float) -> int:
@@ -257,13 +287,22 @@ class WeightSyncExtension:
         worker: Any = self
         manifest = Manifest.from_wire(wire_manifest)
         model = worker.model_runner.get_model()
+        watch = Stopwatch()
         initialize_layerwise_reload(model)
+        watch.lap("init")
         try:
             with torch.no_grad():
-                model.load_weights(receive_buckets(self._weight_group, manifest))
+                model.load_weights(receive_buckets(self._weight_group, manifest, watch))
+            watch.lap("load")
         except BaseException:
             self.leave_weight_group()
             raise
         finally:
             finalize_layerwise_reload(model, worker.vllm_config.model_config)
+            watch.lap("finalize")
+            self._weight_sync_seconds = watch.seconds
         return manifest.nbytes
+
+    def weight_sync_seconds(self) -> dict[str, float]:
+        """Seconds per phase of this worker's last ``receive_weight_broadcast`` (profiling)."""
+        return dict(self._weight_sync_seconds or {})
