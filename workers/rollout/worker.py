@@ -182,7 +182,7 @@ class RolloutWorker:
     def weight_sync_seconds(self) -> dict[str, float]:
         """Seconds per phase of the last broadcast receive: the actor's whole call (``total``,
         with the RPC into the engine and the prefix-cache reset) and the engine's first worker."""
-        seconds = getattr(self.engine, "weight_sync_seconds", list)()
+        seconds: list[dict[str, float]] = getattr(self.engine, "weight_sync_seconds", list)()
         return {"total": self._receive_s, **(seconds[0] if seconds else {})}
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
