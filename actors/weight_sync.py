@@ -86,7 +86,8 @@ class BroadcastSync:
             try:
                 self._form(targets)
             except (RayError, GetTimeoutError) as exc:
-                logger.warning("forming the weight-update group failed (%s)", type(exc).__name__)
+                logger.warning("forming the weight-update group failed (%s: %s)", type(exc).__name__,
+                               str(exc).strip().splitlines()[-1:])
                 self._members = None
                 return targets
             self._members = key

@@ -7,19 +7,25 @@ Both methods run in one process on the same actors, alternating, ``--repeats`` t
 - ``object_store`` (``rollout.weight_sync=object_store``, the fallback): every learner rank
   gathers the state dict and returns it through the object store; each engine writes it to
   a safetensors file in /dev/shm and reloads from it;
-- ``broadcast``: rank 0 gathers bucket by bucket (``--bucket-mb``) and broadcasts each
-  bucket to every vLLM worker, which loads it through vLLM's weight loader.
+- ``broadcast`` (``rollout.weight_sync=broadcast``, the default): the learner ranks send
+  their ZeRO-3 partitions straight into rank 0's bucket buffer (``--bucket-mb``), rank 0
+  broadcasts it to every vLLM worker while the next bucket is gathered, and each worker
+  loads it through vLLM's weight loader while the next one arrives.
 
 For each method: median sync time, ``copy_s`` (one in-memory copy of the weights, in this
 process: the floor of a sync to E engines is about E copies), and the bytes per sync put
 in the object store and written to files. The object-store bytes are the objects the path
 puts (the state dict once per learner rank, or the pickled manifest); the file bytes are
 what the path writes (the state dict once per engine, or nothing). After the last sync the
-engines' log-probs of a fixed sequence are checked against the learner's weights. The last
-line is one JSON object for the broadcast.
+engines' log-probs of a fixed sequence are checked against the learner's weights. With
+``--profile`` it also prints the median seconds per phase of a broadcast: the driver's
+(``alive`` check, ``form``-ing the group, ``transfer``), each learner rank's (``gather``
+into the bucket, waiting for the previous ``broadcast``) and each engine's (``total`` actor
+call; its first worker's ``init``/``finalize`` of vLLM's layerwise reload, waiting to
+``receive`` a bucket, ``load``-ing one). The last line is one JSON object for the broadcast.
 
     python -m benchmarks.bench_weight_sync                        # tiny policy, 2 engines
-    python -m benchmarks.bench_weight_sync --model 100m --engines 2
+    python -m benchmarks.bench_weight_sync --model 100m --engines 2 [--profile]
 """
 
 from __future__ import annotations
