@@ -23,6 +23,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from actors.learner import LearnerGroup, _rendezvous
+from workers.weight_sync import Stopwatch
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +40,20 @@ class BroadcastSync:
         self._store_dir: str | None = None
         self._manifest: Any = None
         self.last_bytes = 0
+        self.last_seconds: dict[str, float] = {}
+        """Driver-side seconds per phase of the last ``sync`` (alive check, group forming, transfer)."""
 
     def sync(self, version: int, actors: list[Any]) -> list[Any]:
         """Broadcast the learner's policy to ``actors``; returns the actors left behind
         (dead, restarting, or failed twice): they must catch up before generating."""
         done: list[Any] = []
+        watch = Stopwatch()
         targets = self._alive(actors)
+        watch.lap("alive")
         for attempt in range(MAX_ATTEMPTS):
             if not targets:
                 break
-            failed = self._broadcast(version, targets)
+            failed = self._broadcast(version, targets, watch)
             done += [a for a in targets if not any(a is f for f in failed)]
             if not failed:
                 break
@@ -56,6 +61,8 @@ class BroadcastSync:
                            "the group", attempt + 1, len(failed), len(targets))
             self._members = None
             targets = self._alive(failed)
+            watch.lap("alive")
+        self.last_seconds = watch.seconds
         return [a for a in actors if not any(a is d for d in done)]
 
     def _alive(self, actors: list[Any]) -> list[Any]:
@@ -72,17 +79,19 @@ class BroadcastSync:
                     pass
         return alive
 
-    def _broadcast(self, version: int, targets: list[Any]) -> list[Any]:
+    def _broadcast(self, version: int, targets: list[Any], watch: Stopwatch) -> list[Any]:
         """One broadcast to ``targets`` (re-forming the group if they differ); returns the failed."""
         key = tuple(a._actor_id.hex() for a in targets)
         if key != self._members:
             try:
                 self._form(targets)
             except (RayError, GetTimeoutError) as exc:
-                logger.warning("forming the weight-update group failed (%s)", type(exc).__name__)
+                logger.warning("forming the weight-update group failed (%s: %s)", type(exc).__name__,
+                               str(exc).strip().splitlines()[-1:])
                 self._members = None
                 return targets
             self._members = key
+            watch.lap("form")
         ranks = self.learner.policy_ranks if self._zero3 else self.learner.policy_ranks[:1]
         manifest = self._manifest_ref()
         sent = [a.broadcast_weights.remote(manifest) for a in ranks]
@@ -97,6 +106,7 @@ class BroadcastSync:
                 failed.append(actor)
         if not ok and not failed:  # the sender failed while every receiver got all: cannot be
             failed = list(targets)
+        watch.lap("transfer")
         return failed
 
     @property

@@ -7,19 +7,25 @@ Both methods run in one process on the same actors, alternating, ``--repeats`` t
 - ``object_store`` (``rollout.weight_sync=object_store``, the fallback): every learner rank
   gathers the state dict and returns it through the object store; each engine writes it to
   a safetensors file in /dev/shm and reloads from it;
-- ``broadcast``: rank 0 gathers bucket by bucket (``--bucket-mb``) and broadcasts each
-  bucket to every vLLM worker, which loads it through vLLM's weight loader.
+- ``broadcast`` (``rollout.weight_sync=broadcast``, the default): the learner ranks send
+  their ZeRO-3 partitions straight into rank 0's bucket buffer (``--bucket-mb``), rank 0
+  broadcasts it to every vLLM worker while the next bucket is gathered, and each worker
+  loads it through vLLM's weight loader while the next one arrives.
 
 For each method: median sync time, ``copy_s`` (one in-memory copy of the weights, in this
 process: the floor of a sync to E engines is about E copies), and the bytes per sync put
 in the object store and written to files. The object-store bytes are the objects the path
 puts (the state dict once per learner rank, or the pickled manifest); the file bytes are
 what the path writes (the state dict once per engine, or nothing). After the last sync the
-engines' log-probs of a fixed sequence are checked against the learner's weights. The last
-line is one JSON object for the broadcast.
+engines' log-probs of a fixed sequence are checked against the learner's weights. With
+``--profile`` it also prints the median seconds per phase of a broadcast: the driver's
+(``alive`` check, ``form``-ing the group, ``transfer``), each learner rank's (``gather``
+into the bucket, waiting for the previous ``broadcast``) and each engine's (``total`` actor
+call; its first worker's ``init``/``finalize`` of vLLM's layerwise reload, waiting to
+``receive`` a bucket, ``load``-ing one). The last line is one JSON object for the broadcast.
 
     python -m benchmarks.bench_weight_sync                        # tiny policy, 2 engines
-    python -m benchmarks.bench_weight_sync --model 100m --engines 2
+    python -m benchmarks.bench_weight_sync --model 100m --engines 2 [--profile]
 """
 
 from __future__ import annotations
@@ -102,6 +108,26 @@ def max_logprob_gap(path: str, learner: Any, rollout: Any) -> float:
     return float(max(np.abs(g - expected).max() for g in got))
 
 
+def phase_seconds(learner: Any, rollout: Any, sync: Any) -> dict[str, dict[str, float]]:
+    """Seconds per phase of the last broadcast: the driver's, each learner rank's, each engine's."""
+    import ray
+
+    out = {"driver": dict(sync.last_seconds)}
+    for k, seconds in enumerate(ray.get([a.weight_sync_seconds.remote() for a in learner.policy_ranks])):
+        out[f"learner{k}"] = seconds
+    for k, seconds in enumerate(ray.get([a.weight_sync_seconds.remote() for a in rollout.actors])):
+        out[f"engine{k}"] = seconds
+    return out
+
+
+def print_profile(rounds: list[dict[str, dict[str, float]]]) -> None:
+    """Median seconds per phase over the timed broadcasts, one line per process."""
+    print("\nbroadcast profile (median seconds per phase over the timed syncs):")
+    for who in rounds[0]:
+        phases = {p: statistics.median(r[who].get(p, 0.0) for r in rounds) for p in rounds[0][who]}
+        print(f"  {who:<9} " + "  ".join(f"{p} {s:.3f}" for p, s in phases.items()))
+
+
 def run(args: argparse.Namespace, path: str) -> dict[str, Any]:
     import ray
 
@@ -117,8 +143,10 @@ def run(args: argparse.Namespace, path: str) -> dict[str, Any]:
                                 max_prompt_tokens=128, max_response_tokens=128, kv_cache_gib=1.0)
     rollout = RolloutGroup(rollout_cfg, path, no_search, dtype="float32")
     learner = LearnerGroup(learner_cfg, path, seed=0)
-    rollout.use_broadcast(BroadcastSync(learner, timeout_s=120.0))  # object_store rounds still use set_weights
+    sync = BroadcastSync(learner, timeout_s=120.0)
+    rollout.use_broadcast(sync)  # object_store rounds still use set_weights
     times: dict[str, list[float]] = {"object_store": [], "broadcast": []}
+    profile: list[dict[str, dict[str, float]]] = []
     version = 0
     try:
         for r in range(args.repeats + 1):  # round 0 warms up (forms the group, plans buckets)
@@ -132,13 +160,15 @@ def run(args: argparse.Namespace, path: str) -> dict[str, Any]:
                 elapsed = time.perf_counter() - started
                 if r:
                     times[method].append(elapsed)
+                    if method == "broadcast" and args.profile:
+                        profile.append(phase_seconds(learner, rollout, sync))
                 logger.info("round %d %s: %.3f s", r, method, elapsed)
         manifest_bytes = len(pickle.dumps(ray.get(learner.policy_ranks[0].weight_manifest.remote())))
         gap = max_logprob_gap(path, learner, rollout)
     finally:
         rollout.shutdown()
         learner.shutdown()
-    return {"copy_s": copy_s, "model_bytes": model_bytes, "times": times, "gap": gap,
+    return {"copy_s": copy_s, "model_bytes": model_bytes, "times": times, "gap": gap, "profile": profile,
             "manifest_bytes": manifest_bytes, "files_left": weight_files()}
 
 
@@ -154,6 +184,8 @@ def report(args: argparse.Namespace, res: dict[str, Any]) -> str:
         s = statistics.median(res["times"][method])
         stats[method] = s
         print(f"{method:<14}{s:>9.3f}{s / (E * res['copy_s']):>8.2f}{obj:>20d}{files:>14d}")
+    if res["profile"]:
+        print_profile(res["profile"])
     print(f"engines vs learner after the last broadcast: max |log-prob gap| {res['gap']:.2e}; "
           f"weight files left: {len(res['files_left'])}")
     line = {"method": "broadcast", "engines": E, "model_bytes": B, "sync_s": round(stats["broadcast"], 4),
@@ -171,6 +203,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed syncs per method (after one warm-up)")
     parser.add_argument("--bucket-mb", type=float, default=LearnerConfig.sync_bucket_mb,
                         help="learner.sync_bucket_mb")
+    parser.add_argument("--profile", action="store_true",
+                        help="print seconds per phase of each broadcast (driver, learner ranks, engines)")
     parser.add_argument("--workdir", default=None, help="data and models (default: a reused dir under the temp dir)")
     return parser.parse_args(argv)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,21 @@ def _full_shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(int(d) for d in getattr(tensor, "ds_shape", tensor.shape))
 
 
+def _slot_bytes(tensor: Tensor, nbytes: int) -> int:
+    """Bytes a tensor takes in a bucket (before alignment). A ZeRO-3 partitioned parameter takes all its
+    padded partitions (partition size x ranks), so they are gathered straight into the bucket."""
+    partition = getattr(tensor, "ds_tensor", None)
+    if partition is not None:
+        nbytes = max(nbytes, int(partition.ds_numel) * _zero_ranks(tensor) * tensor.element_size())
+    return nbytes
+
+
+def _zero_ranks(tensor: Tensor) -> int:
+    import torch.distributed as dist
+
+    return int(dist.get_world_size(group=tensor.ds_process_group))  # type: ignore[attr-defined]
+
+
 def plan_buckets(module: nn.Module, bucket_mb: float) -> Manifest:
     """Group the module's tensors into buckets of at most ``bucket_mb`` MiB (a larger tensor alone)."""
     if bucket_mb <= 0:
@@ -107,18 +122,47 @@ def plan_buckets(module: nn.Module, bucket_mb: float) -> Manifest:
     used = 0
     for names, tensor in unique_tensors(module):
         spec = TensorSpec(names, _full_shape(tensor), str(tensor.dtype).removeprefix("torch."), 0)
-        if specs and used + spec.nbytes > limit:
+        slot = _slot_bytes(tensor, spec.nbytes)
+        if specs and used + slot > limit:
             buckets.append(Bucket(tuple(specs), used))
             specs, used = [], 0
         specs.append(TensorSpec(spec.names, spec.shape, spec.dtype, used))
-        used += -(-spec.nbytes // _ALIGN) * _ALIGN
+        used += -(-slot // _ALIGN) * _ALIGN
     if specs:
         buckets.append(Bucket(tuple(specs), used))
     return Manifest(tuple(buckets))
 
 
+class Stopwatch:
+    """Seconds spent per phase of a sync, summed over buckets (the benchmark's ``--profile``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the previous lap to ``phase``."""
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
 def _view(buffer: Tensor, spec: TensorSpec) -> Tensor:
     return buffer[spec.offset:spec.offset + spec.nbytes].view(_dtype(spec.dtype)).view(spec.shape)
+
+
+class InFlight:
+    """A started broadcast of ``buffer`` (kept alive until it is done)."""
+
+    def __init__(self, work: Any, buffer: Tensor) -> None:
+        self.work, self.buffer = work, buffer
+
+    def wait(self) -> Tensor:
+        """Block until done; returns the buffer (raises on a dead peer or the timeout)."""
+        self.work.wait()
+        if self.buffer.is_cuda:
+            torch.cuda.current_stream().synchronize()
+        return self.buffer
 
 
 class WeightGroup:
@@ -154,13 +198,15 @@ class WeightGroup:
 
     def broadcast(self, buffer: Tensor) -> None:
         """Rank 0's ``buffer`` into everyone's (blocks; raises on a dead peer or the timeout)."""
+        self.start_broadcast(buffer).wait()
+
+    def start_broadcast(self, buffer: Tensor) -> InFlight:
+        """Start broadcasting rank 0's ``buffer``; ``wait()`` on the result (raises as ``broadcast``)."""
         import torch.distributed as dist
 
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
-        self.pg.broadcast([buffer], opts).wait()
-        if buffer.is_cuda:
-            torch.cuda.current_stream().synchronize()
+        return InFlight(self.pg.broadcast([buffer], opts), buffer)
 
     def close(self) -> None:
         """Drop the group (a failed group is never reused; a new one is formed)."""
@@ -171,49 +217,109 @@ class WeightGroup:
         self._store = None
 
 
-def send_buckets(group: WeightGroup | None, module: nn.Module, manifest: Manifest, zero3: bool) -> bool:
-    """Gather (ZeRO-3: all learner ranks call, in step) and broadcast each bucket from rank 0.
+def send_buckets(group: WeightGroup | None, module: nn.Module, manifest: Manifest, zero3: bool,
+                 watch: Stopwatch | None = None) -> bool:
+    """Fill (ZeRO-3: all learner ranks call, in step) and broadcast each bucket from rank 0.
 
-    ``group`` is None on the other learner ranks: they only take part in the gathers. A
-    failed broadcast (an engine died, the timeout) stops the sending but not the gathers,
-    so the learner ranks stay in step; returns False then.
+    ``group`` is None on the other learner ranks: they only send their partitions to rank 0.
+    Bucket k is broadcast while bucket k+1 is gathered (two buckets in memory). A failed
+    broadcast (an engine died, the timeout) stops the sending but not the gathers, so the
+    learner ranks stay in step; returns False then. ``watch`` gets the time per phase.
     """
+    watch = watch or Stopwatch()
     tensors = {names[0]: t for names, t in unique_tensors(module)}
     ok = group is not None
+    sending: InFlight | None = None
     for bucket in manifest.buckets:
         params = [tensors[spec.names[0]] for spec in bucket.tensors]
-        with _gathered(params, zero3):
-            if not ok or group is None:
-                continue
-            buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=group.device)
-            for spec, param in zip(bucket.tensors, params, strict=True):
-                _view(buffer, spec).copy_(param.detach())
+        buffer = None if group is None else torch.empty(bucket.nbytes, dtype=torch.uint8, device=group.device)
+        watch.lap("other")
+        fill_bucket(buffer, bucket, params, zero3)
+        watch.lap("gather")
+        ok = _finish(sending, ok)
+        sending = None
+        watch.lap("broadcast")
+        if ok and group is not None and buffer is not None:
             try:
-                group.broadcast(buffer)
-            except RuntimeError as exc:  # gloo/NCCL: a peer closed or the timeout passed
-                logger.warning("weight broadcast failed (%s); gathering on without sending", exc)
-                ok = False
+                sending = group.start_broadcast(buffer)
+            except RuntimeError as exc:
+                ok = _failed(exc)
+    ok = _finish(sending, ok)
+    watch.lap("broadcast")
     return ok
 
 
-def _gathered(params: list[Tensor], zero3: bool) -> Any:
-    partitioned = [p for p in params if hasattr(p, "ds_id")]
-    if not (zero3 and partitioned):
-        return nullcontext()
-    import deepspeed
+def _finish(sending: InFlight | None, ok: bool) -> bool:
+    if sending is None:
+        return ok
+    try:
+        sending.wait()
+    except RuntimeError as exc:  # gloo/NCCL: a peer closed or the timeout passed
+        return _failed(exc)
+    return ok
 
-    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+
+def _failed(exc: BaseException) -> bool:
+    logger.warning("weight broadcast failed (%s); gathering on without sending", exc)
+    return False
 
 
-def receive_buckets(group: WeightGroup, manifest: Manifest) -> Iterator[tuple[str, Tensor]]:
-    """Each bucket as it arrives, as ``(name, tensor)`` views of the received buffer."""
-    for bucket in manifest.buckets:
-        buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=group.device)
-        group.broadcast(buffer)
+def fill_bucket(buffer: Tensor | None, bucket: Bucket, params: Sequence[Tensor], zero3: bool) -> None:
+    """Rank 0's ``buffer`` gets the bucket's tensors (other ranks pass None).
+
+    Under ZeRO-3 each rank sends its partition of each parameter straight into its slot of
+    rank 0's buffer (one gather per parameter, all in flight at once): nothing is gathered
+    to the other ranks and nothing is copied twice. Otherwise rank 0 copies its parameters.
+    """
+    import torch.distributed as dist
+
+    works = []
+    for spec, param in zip(bucket.tensors, params, strict=True):
+        partition = getattr(param, "ds_tensor", None) if zero3 else None
+        if partition is None:
+            if buffer is not None:
+                _view(buffer, spec).copy_(param.detach())
+            continue
+        ranks, size = _zero_ranks(param), int(partition.ds_numel)
+        pg = param.ds_process_group  # type: ignore[attr-defined]
+        chunks = None
+        if dist.get_rank(group=pg) == 0:
+            if buffer is None:
+                raise RuntimeError("weight sync: ZeRO-3 partition rank 0 must be the sending learner rank")
+            slot = buffer[spec.offset:spec.offset + size * ranks * partition.element_size()]
+            chunks = list(slot.view(partition.dtype).split(size))
+        works.append(dist.gather(partition.detach().reshape(-1)[:size], chunks, group=pg, group_dst=0,
+                                 async_op=True))
+    for work in works:
+        if work is not None:
+            work.wait()
+
+
+def receive_buckets(group: WeightGroup, manifest: Manifest,
+                    watch: Stopwatch | None = None) -> Iterator[tuple[str, Tensor]]:
+    """Each bucket as it arrives, as ``(name, tensor)`` views of the received buffer.
+
+    Bucket k+1 is received while the consumer loads bucket k (a fresh buffer each: the
+    loader may hold views of a bucket until the rest of their layer arrives). ``watch``:
+    time waiting for a bucket (``receive``) and between buckets (the consumer's ``load``).
+    """
+    watch = watch or Stopwatch()
+    buckets = manifest.buckets
+    incoming = _start_receive(group, buckets[0]) if buckets else None
+    for k, bucket in enumerate(buckets):
+        watch.lap("load")
+        assert incoming is not None
+        buffer = incoming.wait()
+        incoming = _start_receive(group, buckets[k + 1]) if k + 1 < len(buckets) else None
+        watch.lap("receive")
         for spec in bucket.tensors:
             tensor = _view(buffer, spec)
             for name in spec.names:
                 yield name, tensor
+
+
+def _start_receive(group: WeightGroup, bucket: Bucket) -> InFlight:
+    return group.start_broadcast(torch.empty(bucket.nbytes, dtype=torch.uint8, device=group.device))
 
 
 class WeightSyncExtension:
@@ -224,6 +330,7 @@ class WeightSyncExtension:
     """
 
     _weight_group: WeightGroup | None = None
+    _weight_sync_seconds: dict[str, float] | None = None
 
     def join_weight_group(self, rank_offset: int, world_size: int, host: str, port: int,
                           store_path: str | None, timeout_s: float) -> int:
@@ -257,13 +364,22 @@ class WeightSyncExtension:
         worker: Any = self
         manifest = Manifest.from_wire(wire_manifest)
         model = worker.model_runner.get_model()
+        watch = Stopwatch()
         initialize_layerwise_reload(model)
+        watch.lap("init")
         try:
             with torch.no_grad():
-                model.load_weights(receive_buckets(self._weight_group, manifest))
+                model.load_weights(receive_buckets(self._weight_group, manifest, watch))
+            watch.lap("load")
         except BaseException:
             self.leave_weight_group()
             raise
         finally:
             finalize_layerwise_reload(model, worker.vllm_config.model_config)
+            watch.lap("finalize")
+            self._weight_sync_seconds = watch.seconds
         return manifest.nbytes
+
+    def weight_sync_seconds(self) -> dict[str, float]:
+        """Seconds per phase of this worker's last ``receive_weight_broadcast`` (profiling)."""
+        return dict(self._weight_sync_seconds or {})

@@ -168,7 +168,12 @@ def test_an_actor_dying_in_an_object_store_weight_sync_catches_up_at_its_next_ch
     import ray
     from transformers import AutoModelForCausalLM
 
+    from actors.weight_sync import BroadcastSync
+
     (tmp_path / "hung").touch()  # no hang in this test
+    # rollout.weight_sync=broadcast (the default) with hf engines: the group keeps the object store.
+    assert not hf_group.use_broadcast(BroadcastSync(learner=None, timeout_s=1.0))  # type: ignore[arg-type]
+    assert not hf_group.broadcasting
     weights = ray.put(AutoModelForCausalLM.from_pretrained(toy["policy"]).state_dict())
     victim = hf_group.pids()[1]
     killer = threading.Timer(0.05, os.kill, (victim, signal.SIGKILL))

@@ -33,6 +33,72 @@ TIMEOUT_S = 15.0
 SEQ = [int(x) for x in np.random.default_rng(0).integers(5, 700, size=40)]
 
 
+class PlainReceiver:
+    """A weight-group member without an engine: keeps what it receives (checks the sender side)."""
+
+    def __init__(self) -> None:
+        import torch.distributed  # noqa: F401  (imported before the group forms: it has a timeout)
+
+        import workers.weight_sync  # noqa: F401
+
+        self.group: Any = None
+        self.got: dict = {}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def weight_workers(self) -> int:
+        return 1
+
+    def join_weight_group(self, rank_offset: int, world_size: int, host: str, port: int,
+                          store_path: str | None, timeout_s: float) -> list[int]:
+        import torch
+
+        from workers.weight_sync import WeightGroup
+
+        self.group = WeightGroup(rank_offset, world_size, host, port, store_path, timeout_s, torch.device("cpu"))
+        return [rank_offset]
+
+    def receive_weights(self, manifest: Any, version: int, timeout_s: float) -> int:
+        from workers.weight_sync import receive_buckets
+
+        self.got = {name: t.clone() for name, t in receive_buckets(self.group, manifest)}
+        return manifest.nbytes
+
+    def weights(self) -> dict:
+        return self.got
+
+
+def test_zero3_partitions_arrive_exactly_as_the_learner_holds_them(ray_cluster: dict, small_toyworld: dict) -> None:
+    """Rank 1 sends its partitions straight into rank 0's buckets (no all-gather); two
+    receivers get bit-identical tensors under every name, over several pipelined buckets.
+    Runs before the module's engines start (the cluster's CPUs hold one learner group)."""
+    import ray
+    import torch
+
+    from actors.learner import LearnerGroup
+    from actors.weight_sync import BroadcastSync
+
+    learner = LearnerGroup(LEARNER, str(small_toyworld["policy"]), seed=0)
+    receivers = [ray.remote(num_cpus=0)(PlainReceiver).remote() for _ in range(2)]
+    ray.get([r.pid.remote() for r in receivers])  # started (the sync skips actors not answering in 5 s)
+    sync = BroadcastSync(learner, 4 * TIMEOUT_S)
+    try:
+        assert sync.sync(1, receivers) == []
+        expected = learner.export_weights()
+        manifest = ray.get(learner.policy_ranks[0].weight_manifest.remote())
+        assert len(manifest.buckets) > 2
+        for got in ray.get([r.weights.remote() for r in receivers]):
+            assert set(got) == set(expected)
+            for name, tensor in expected.items():
+                assert torch.equal(got[name], tensor), name
+    finally:
+        sync.close()
+        learner.shutdown()
+        for r in receivers:
+            ray.kill(r)
+
+
 @pytest.fixture(scope="module")
 def setup(ray_cluster: dict, small_toyworld: dict) -> Any:
     from actors.learner import LearnerGroup

@@ -83,6 +83,7 @@ class LearnerWorker:
         self.nonfinite_in_row = 0
         self.device = torch.device("cuda" if eng.uses_cuda() else "cpu")
         self._weight_group: ws.WeightGroup | None = None
+        self._weight_sync_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup
 
@@ -364,10 +365,16 @@ class LearnerWorker:
             raise RuntimeError("broadcast_weights needs the policy role")
         zero3 = self.cfg.engine == "deepspeed" and self.cfg.zero_stage == 3
         group = self._weight_group if self.rank == 0 else None
-        ok = ws.send_buckets(group, self.policy.module, manifest, zero3)
+        watch = ws.Stopwatch()
+        ok = ws.send_buckets(group, self.policy.module, manifest, zero3, watch)
+        self._weight_sync_seconds = watch.seconds
         if self.rank == 0 and not ok:
             self.leave_weight_group()
         return ok
+
+    def weight_sync_seconds(self) -> dict[str, float]:
+        """Seconds per phase (gather, pack, broadcast, release) of this rank's last broadcast."""
+        return dict(self._weight_sync_seconds)
 
     def critic_state(self) -> dict[str, Tensor]:
         """The full critic state dict (backbone + value head)."""

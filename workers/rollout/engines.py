@@ -208,6 +208,10 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         return int(sizes[0])
 
+    def weight_sync_seconds(self) -> list[dict[str, float]]:
+        """Per worker: seconds per phase of its last broadcast receive (profiling)."""
+        return list(self.llm.collective_rpc("weight_sync_seconds"))
+
     def close(self) -> None:
         """Stop the engine's worker processes now rather than at interpreter exit."""
         self.llm.llm_engine.engine_core.shutdown()

@@ -103,6 +103,7 @@ class RolloutWorker:
         self.loop = AgentLoop(self.engine, self.tokenizer, self._timed(search),
                               LoopSettings.from_config(cfg, topk))
         self.policy_version = 0
+        self._receive_s = 0.0
         self.last_metrics: dict[str, float] = {}
 
     def _timed(self, search: SearchFn) -> SearchFn:
@@ -168,13 +169,21 @@ class RolloutWorker:
 
     def receive_weights(self, manifest: Any, version: int, timeout_s: float) -> int:
         """Load one weight broadcast and adopt ``version`` (only when all of it arrived)."""
+        started = time.perf_counter()
         try:
             received = int(self.engine.receive_weights(manifest, timeout_s))  # type: ignore[attr-defined]
         except BaseException:
             self.policy_version = -1  # partly loaded: no version until a sync completes
             raise
+        self._receive_s = time.perf_counter() - started
         self.policy_version = version
         return received
+
+    def weight_sync_seconds(self) -> dict[str, float]:
+        """Seconds per phase of the last broadcast receive: the actor's whole call (``total``,
+        with the RPC into the engine and the prefix-cache reset) and the engine's first worker."""
+        seconds: list[dict[str, float]] = getattr(self.engine, "weight_sync_seconds", list)()
+        return {"total": self._receive_s, **(seconds[0] if seconds else {})}
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """The engine's log-probs of fixed token sequences (checks weight sync)."""
