@@ -171,7 +171,7 @@ def test_an_actor_dying_in_an_object_store_weight_sync_catches_up_at_its_next_ch
     from actors.weight_sync import BroadcastSync
 
     (tmp_path / "hung").touch()  # no hang in this test
-    # rollout.weight_sync=broadcast (the default) with hf engines: the group keeps the object store.
+    # rollout.weight_sync=broadcast with hf engines: the group keeps the object store.
     assert not hf_group.use_broadcast(BroadcastSync(learner=None, timeout_s=1.0))  # type: ignore[arg-type]
     assert not hf_group.broadcasting
     weights = ray.put(AutoModelForCausalLM.from_pretrained(toy["policy"]).state_dict())

@@ -251,10 +251,11 @@ class RolloutConfig:
     sleep_level: int = 0
     """vLLM sleep mode while the learner trains (colocated placement, GPU only): 0 off, 1 weights
     to CPU and KV cache freed, 2 both freed (the weight sync reloads them)."""
-    weight_sync: str = "broadcast"
-    """How new weights reach the engines: broadcast (one collective from learner rank 0 to
-    every vLLM worker, issue 22; the hf engine or num_workers=0 fall back to the object store
-    by themselves) or object_store (state dict through the object store, a file per engine)."""
+    weight_sync: str = "object_store"
+    """How new weights reach the engines: object_store (state dict through the object store,
+    a file per engine) or broadcast (one collective from learner rank 0 to every vLLM worker;
+    the hf engine or num_workers=0 fall back to the object store by themselves). broadcast
+    becomes the default once the trainer and quick-start tests have run with it."""
     weight_sync_timeout_s: float = 60.0
     """Timeout of one weight-broadcast step; an engine dead mid-broadcast costs at most this."""
     timeout_s: float = 1800.0
