@@ -31,13 +31,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from actors.cluster import init_ray
+from actors.placement import live_shape, preflight
 from actors.session import Session
-from actors.trainer import LearnerFailure, PhaseTimeout, StePPOTrainer, check_fits
+from actors.trainer import LearnerFailure, PhaseTimeout, StePPOTrainer
 from launch.config import CONFIG_DIR, register_configs, to_config
 from launch.report import eval_line, print_results, print_step, progress_bar, write_plots
 from workers.config import Config, ConfigError
 from workers.data.reward_inputs import check_training_rows
 from workers.faults import RestartBudgetExceeded
+from workers.plan import check_plan
 from workers.run_identity import read_state, reconcile
 from workers.tracking import MetricsLogger, latest_checkpoint, prune_checkpoints, read_metrics, truncate_metrics
 
@@ -194,7 +196,9 @@ def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str
     started = time.perf_counter()
     stop = StopRequest()
     cfg, resume_from = resume_point(cfg, run_dir, overrides)
-    check_fits(cfg, init_ray(cfg.cluster, quiet=not cfg.trainer.verbose))  # before any data or actor work
+    preflight(cfg)  # launch.plan's check, before a local cluster starts (issue 21)
+    init_ray(cfg.cluster, quiet=not cfg.trainer.verbose)
+    check_plan(cfg, live_shape(cfg))  # the cluster joined or started: before any data or actor work
     stop.install()  # after ray.init, which sets a SIGTERM handler of its own
     cfg, model_path = _prepare_inputs(cfg)
     model_path, warm = start_policy(cfg, model_path)
