@@ -139,3 +139,33 @@ class JobPlacement:
         for pg in self.groups.values():
             remove_placement_group(pg)
         self.groups = {}
+
+
+def _where(_instance: Any) -> dict[str, Any]:
+    """Runs inside an actor (``__ray_call__``): where Ray put it and which GPUs it sees."""
+    ctx = ray.get_runtime_context()
+    # get_assigned_resources() folds the bundle resources ("CPU_group_<i>_<pg>") back into
+    # "CPU"; the core worker's resource ids keep the names, and with them the bundle index.
+    raw = ray._private.worker.global_worker.core_worker.resource_ids()
+    return {"node_id": ctx.get_node_id(), "bundle": assigned_bundle({name: 1.0 for name in raw}),
+            "placement_group_id": ctx.get_placement_group_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+
+def locate(actors: list[Any], timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Where each actor runs: node id, bundle index, placement group, ``CUDA_VISIBLE_DEVICES``."""
+    return list(ray.get([a.__ray_call__.remote(_where) for a in actors], timeout=timeout_s))
+
+
+def placement_report(placement: JobPlacement, actors: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Per actor: its group and index, where the plan put it and where it runs (``placement.json``)."""
+    rows = []
+    for group, handles in actors.items():
+        for index, seen in enumerate(locate(handles)):
+            a = placement.actor(group, index)
+            pg = placement.groups.get(a.placement_group or "")
+            rows.append({"group": group, "index": index, "planned_node_id": placement.node_ids[a.node],
+                         "planned_bundles": list(a.bundles), "planned_placement_group_id": pg.id.hex() if pg else None,
+                         "gpus_per_bundle": a.gpus_per_bundle, **seen})
+    return rows
