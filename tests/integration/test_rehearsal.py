@@ -2,7 +2,7 @@
 
 ``ray.cluster_utils.Cluster`` starts 2 nodes on loopback that declare 4 GPUs each. The
 ``stepsearch_3b`` preset, with the tiny model and toyworld and its sizes shrunk (2 engines
-with tensor parallel 1, 2 learner ranks, 2 StePPO steps of 4 prompts), is planned by
+with tensor parallel 1, 2 learner ranks, 2 StePPO steps of 8 prompts), is planned by
 ``launch.plan`` and then run by ``launch.train`` through the same placement code as on
 GPUs: one placement group of ``{GPU: 1, CPU: 5}`` bundles pinned to nodes, engines and
 learner ranks sharing each bundle's GPU, one retrieval replica per node. torch sees no
@@ -44,7 +44,7 @@ SHRUNK = [
     "learner.num_ranks=2", "learner.num_cpus_per_rank=3", "learner.precision=fp32",
     "learner.mini_batch_size=4", "learner.micro_batch_size=2", "learner.logprob_micro_batch_size=2",
     "learner.actor_lr=1e-3", "learner.critic_lr=1e-3",
-    "trainer.total_steps=2", "trainer.batch_size=4", "trainer.eval_every=0", "trainer.save_every=0",
+    "trainer.total_steps=2", "trainer.batch_size=8", "trainer.eval_every=0", "trainer.save_every=0",
     "trainer.eval_size=4", "trainer.eval_start=false", "trainer.tensorboard=false",
 ]
 
@@ -132,7 +132,8 @@ def test_two_steppo_steps_land_where_the_plan_says(gpu_cluster: Any, common: lis
     assert sorted(a["node_id"] for a in replicas) == sorted(nodes)
     callers = report["retrieval_callers"]
     for replica, calls in zip(replicas, callers, strict=True):
-        assert calls and set(calls) == {replica["node_id"]}, (replica, calls)
+        assert set(calls) <= {replica["node_id"]}, (replica, calls)  # never called from the other node
+    assert sum(n for calls in callers for n in calls.values()) > 0, callers
 
 
 def _free_port() -> int:
