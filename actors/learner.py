@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,11 @@ class LearnerGroup:
 
     def __init__(self, cfg: LearnerConfig, model_path: str, *, seed: int = 0,
                  total_steps: int = 0, group_size: int = 1, temperature: float = 1.0,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, placement: Sequence[Sequence[Mapping[str, Any]]] | None = None
+                 ) -> None:
+        """``placement``: per set of ranks (policy, then critic when it has ranks of its own), per
+        rank, the Ray options of its planned bundle (``actors.placement``); None: a placement
+        group of this group's own with a ``{CPU, GPU}`` bundle per rank."""
         self.cfg, self.group_size = cfg, group_size
         self.trust_remote_code = trust_remote_code
         W = cfg.num_ranks
@@ -97,36 +102,43 @@ class LearnerGroup:
             roles: list[tuple[str, ...]] = [("policy", "critic") if needs_critic else ("policy",)]
         else:
             roles = [("policy",), ("critic",)]
-        bundle = {"CPU": cfg.num_cpus_per_rank, "GPU": cfg.num_gpus_per_rank}
-        self.pg: PlacementGroup = placement_group([dict(bundle) for _ in range(W * len(roles))],
-                                                  strategy="PACK")
-        ray.get(self.pg.ready())
+        self.pg: PlacementGroup | None = None
+        if placement is None:
+            bundle = {"CPU": cfg.num_cpus_per_rank, "GPU": cfg.num_gpus_per_rank}
+            self.pg = placement_group([dict(bundle) for _ in range(W * len(roles))], strategy="PACK")
+            ray.get(self.pg.ready())
+            placement = [[{"num_cpus": cfg.num_cpus_per_rank, "num_gpus": cfg.num_gpus_per_rank,
+                           "scheduling_strategy": self._bundle(i * W + r)} for r in range(W)]
+                         for i in range(len(roles))]
+        if len(placement) != len(roles) or any(len(p) != W for p in placement):
+            raise ValueError(f"learner placement has {[len(p) for p in placement]} ranks per set, "
+                             f"wanted {len(roles)} set(s) of {W}")
         self.sets: list[list[Any]] = [
-            self._spawn(r, model_path, seed, total_steps, temperature, offset=i * W)
+            self._spawn(r, model_path, seed, total_steps, temperature, placement[i])
             for i, r in enumerate(roles)]
         self._rendezvous_dirs: list[str] = []
         self.policy_ranks = self.sets[0]
         self.critic_ranks = self.sets[1] if len(self.sets) > 1 else []
         for i, ranks in enumerate(self.sets):
-            addr, port, store = ray.get(_rendezvous.options(scheduling_strategy=self._bundle(i * W)).remote())
+            addr, port, store = ray.get(_rendezvous.options(
+                scheduling_strategy=placement[i][0]["scheduling_strategy"]).remote())
             if store is not None:  # on this machine (loopback cluster): removed at shutdown
                 self._rendezvous_dirs.append(os.path.dirname(store))
             ray.get([a.init_distributed.remote(r, W, addr, port, store) for r, a in enumerate(ranks)])
         logger.info("learner group ready: %d ranks x %s", W, roles)
 
     def _bundle(self, index: int) -> PlacementGroupSchedulingStrategy:
+        assert self.pg is not None
         return PlacementGroupSchedulingStrategy(placement_group=self.pg,
                                                 placement_group_bundle_index=index)
 
     def _spawn(self, roles: tuple[str, ...], model_path: str, seed: int, total_steps: int,
-               temperature: float, offset: int) -> list[Any]:
+               temperature: float, places: Sequence[Mapping[str, Any]]) -> list[Any]:
         cls = ray.remote(LearnerWorker)
         env = {"env_vars": {HANG_ENV: os.environ[HANG_ENV]}} if HANG_ENV in os.environ else None
-        return [cls.options(num_cpus=self.cfg.num_cpus_per_rank, runtime_env=env,
-                            num_gpus=self.cfg.num_gpus_per_rank,
-                            scheduling_strategy=self._bundle(offset + r)).remote(
+        return [cls.options(runtime_env=env, **place).remote(
                     self.cfg, model_path, roles, seed, total_steps, temperature, self.trust_remote_code)
-                for r in range(self.cfg.num_ranks)]
+                for place in places]
 
     @property
     def all_ranks(self) -> list[Any]:
@@ -259,6 +271,7 @@ class LearnerGroup:
         """Stop the ranks and release their placement group."""
         for actor in self.all_ranks:
             ray.kill(actor)
-        remove_placement_group(self.pg)
+        if self.pg is not None:  # a placement from the job's plan is released by its owner
+            remove_placement_group(self.pg)
         for directory in self._rendezvous_dirs:
             shutil.rmtree(directory, ignore_errors=True)

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
@@ -51,14 +51,22 @@ class RetrievalActor:
             self._retriever.search, num_passages=self._retriever.num_passages,
             max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_batch_wait_ms,
             cache_size=cfg.cache_size, cache_max_bytes=cfg.cache_max_bytes)
+        self._callers: dict[str, int] = {}
 
-    async def search(self, queries: list[str], topk: int | None = None) -> list[list[Document]]:
-        """Top-k documents per query (``topk`` None: the configured default)."""
+    async def search(self, queries: list[str], topk: int | None = None,
+                     caller_node: str = "") -> list[list[Document]]:
+        """Top-k documents per query (``topk`` None: the configured default); ``caller_node``:
+        the Ray node id of the caller, counted for ``callers`` (per-node routing checks)."""
+        self._callers[caller_node] = self._callers.get(caller_node, 0) + 1
         return await self._searcher.search(queries, self._default_topk if topk is None else topk)
 
     async def close(self) -> None:
         """Stop the batching worker before the actor is killed (no pending task at exit)."""
         await self._searcher.aclose()
+
+    def callers(self) -> dict[str, int]:
+        """Search calls received per caller node id ('' for callers that did not say)."""
+        return dict(self._callers)
 
     def info(self) -> dict[str, Any]:
         return self._retriever.info()
@@ -101,8 +109,17 @@ class RetrievalGroup:
     """
 
     def __init__(self, cfg: RetrievalConfig, device: str = "auto", num_replicas: int | None = None,
-                 name_prefix: str | None = None) -> None:
+                 name_prefix: str | None = None, placement: Sequence[Mapping[str, Any]] | None = None,
+                 replica_nodes: Sequence[str] = ()) -> None:
+        """``placement``: per replica, the Ray options of its planned node (``actors.placement``;
+        their number is the replica count). ``replica_nodes``: each replica's node id; when
+        given (``retrieval.replicas=per_node``), a caller on a node with a replica sends all its
+        queries there, and only callers on other nodes spread them by query hash."""
+        if placement is not None:
+            num_replicas = len(placement)
         self.num_replicas = cfg.num_replicas if num_replicas is None else num_replicas
+        self.replica_nodes = list(replica_nodes)
+        self._here: str | None = None  # this process's node id, looked up once per process
         self.default_topk = cfg.topk
         self.timeout_s = cfg.search_timeout_s
         self._local: Retriever | None = None
@@ -116,8 +133,9 @@ class RetrievalGroup:
         prefix = name_prefix or f"retrieval-{uuid.uuid4().hex[:12]}"
         self._namespace = ray.get_runtime_context().namespace
         for i in range(self.num_replicas):
+            place = placement[i] if placement is not None else {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
             options: dict[str, Any] = {
-                "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "name": f"{prefix}-{i}",
+                **place, "name": f"{prefix}-{i}",
                 "max_restarts": _MAX_RESTARTS, "max_task_retries": _MAX_RESTARTS,
                 "max_concurrency": max(1000, 4 * cfg.max_batch_size)}
             self._names.append(options["name"])
@@ -127,7 +145,13 @@ class RetrievalGroup:
         state = dict(self.__dict__)
         if self._names:  # named replicas travel by name (see the class docstring)
             state["_actors"] = []
+        state["_here"] = None  # the receiving process looks up its own node
         return state
+
+    def _node(self) -> str:
+        if self._here is None:
+            self._here = ray.get_runtime_context().get_node_id()
+        return self._here
 
     def _replicas(self) -> list[Any]:
         if not self._actors and self._names:
@@ -155,13 +179,20 @@ class RetrievalGroup:
         k = self.default_topk if topk is None else topk
         # Check here so errors name positions in the caller's list; replicas check topk bounds.
         check_search_args(queries, k, sys.maxsize)
-        if len(replicas) == 1:
-            return [(0, list(range(len(queries))), replicas[0].search.remote(list(queries), k))]
+        here = self._node()
+        local = self.replica_nodes.index(here) if here in self.replica_nodes else None
+        if len(replicas) == 1 or local is not None:  # per_node: the caller's own node's replica
+            r = 0 if local is None else local
+            return [(r, list(range(len(queries))), replicas[r].search.remote(list(queries), k, here))]
         parts: dict[int, list[int]] = {}
         for pos, query in enumerate(queries):
             parts.setdefault(_replica_of(query, len(replicas)), []).append(pos)
-        return [(r, positions, replicas[r].search.remote([queries[p] for p in positions], k))
+        return [(r, positions, replicas[r].search.remote([queries[p] for p in positions], k, here))
                 for r, positions in parts.items()]
+
+    def callers(self) -> list[dict[str, int]]:
+        """Per replica, its search calls per caller node id (per-node routing checks)."""
+        return ray.get([a.callers.remote() for a in self._replicas()])
 
     @staticmethod
     def _assemble(n: int, parts: list[tuple[list[int], list[list[Document]]]]) -> list[list[Document]]:

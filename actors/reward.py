@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -113,8 +113,11 @@ class RewardGroup:
     """
 
     def __init__(self, cfg: RewardConfig, actor_options: Mapping[str, Any] | None = None,
-                 idf: CorpusIdf | None = None) -> None:
+                 idf: CorpusIdf | None = None, placement: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """``placement``: per actor, the Ray options of its planned node (``actors.placement``),
+        over ``actor_options``."""
         self.cfg = cfg
+        self._places = list(placement) if placement is not None else [{}] * cfg.num_workers
         self._local: RewardWorker | None = None
         self._actors: list[ActorHandle] = []
         self._concat = ray.remote(num_cpus=0)(_concat)
@@ -126,7 +129,7 @@ class RewardGroup:
             self._actor_cls = make_reward_actor(**dict(actor_options or {}))
             # In the object store once, referenced here for the group's life, given with each call.
             self._idf_ref = None if idf is None else ray.put(idf)
-            self._actors = [cast(ActorHandle, self._actor_cls.remote(cfg)) for _ in range(cfg.num_workers)]
+            self._actors = self._spawn()
         logger.info("reward group %r: %d actor(s)", cfg.name, len(self._actors))
 
     def restart(self) -> None:
@@ -136,7 +139,16 @@ class RewardGroup:
             return
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
-        self._actors = [cast(ActorHandle, self._actor_cls.remote(self.cfg)) for _ in range(self.cfg.num_workers)]
+        self._actors = self._spawn()
+
+    def _spawn(self) -> list[ActorHandle]:
+        assert self._actor_cls is not None
+        return [cast(ActorHandle, self._actor_cls.options(**place).remote(self.cfg)) for place in self._places]
+
+    @property
+    def actors(self) -> list[ActorHandle]:
+        """The reward actors (empty when scoring in-process)."""
+        return list(self._actors)
 
     @property
     def num_workers(self) -> int:

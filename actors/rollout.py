@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
@@ -98,7 +98,11 @@ class RolloutGroup:
     """The rollout workers: ``num_workers`` actors, or one in-process worker when it is 0."""
 
     def __init__(self, cfg: RolloutConfig, model_path: str, search: SearchFn, *, topk: int = 3,
-                 dtype: str = "auto", trust_remote_code: bool = False, chunk_size: int = 4) -> None:
+                 dtype: str = "auto", trust_remote_code: bool = False, chunk_size: int = 4,
+                 placement: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """``placement``: per actor, the Ray options of its planned place (``num_cpus``,
+        ``num_gpus``, ``scheduling_strategy``, and ``env`` for its engine; ``actors.placement``);
+        None reserves ``rollout.num_cpus_per_worker`` / ``num_gpus_per_worker`` anywhere."""
         self.cfg = cfg
         self.chunk_size = chunk_size
         self.version = 0
@@ -123,10 +127,16 @@ class RolloutGroup:
         for key in ("VLLM_HOST_IP", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", HANG_ENV):
             if key in os.environ:
                 env[key] = os.environ[key]
-        remote = ray.remote(RolloutActor).options(
-            num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker,
-            max_restarts=-1, max_task_retries=0, runtime_env={"env_vars": env})
-        self.actors = [remote.remote(*args, **kwargs) for _ in range(cfg.num_workers)]
+        remote = ray.remote(RolloutActor)
+        places: list[Mapping[str, Any]] = list(placement) if placement is not None else [
+            {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker}] * cfg.num_workers
+        self.actors = []
+        for place in places:
+            options = {k: v for k, v in place.items() if k != "env"}
+            engine_env: dict[str, str] = place.get("env") or {}
+            runtime_env = {"env_vars": {**env, **engine_env}}
+            self.actors.append(remote.options(max_restarts=-1, max_task_retries=0, runtime_env=runtime_env,
+                                              **options).remote(*args, **kwargs))
         self.pids()  # engines loaded; construction errors surface here
         logger.info("%d rollout actors ready (%s engine)", len(self.actors), cfg.engine)
 
@@ -310,6 +320,14 @@ class RolloutGroup:
         self._stale = [a for a in self._stale if a is not actor]
         logger.info("a rollout actor caught up with version %d", self.version)
         return True
+
+    def sleep(self) -> None:
+        """Every engine frees its GPU memory for the learner phase (``rollout.sleep_level`` > 0
+        on GPUs; a no-op on CPU). Engines wake by themselves before generating or loading weights."""
+        if self._local is not None:
+            self._local.sleep()
+        elif self.cfg.sleep_level and self.actors:
+            ray.get([a.sleep.remote() for a in _responsive(self.actors)], timeout=self.cfg.weight_sync_timeout_s)
 
     def metrics(self) -> dict[str, float]:
         """Metrics of the last ``rollout`` call (rates averaged over chunks, counts summed)."""

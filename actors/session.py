@@ -23,10 +23,12 @@ from typing import Any
 import ray
 
 from actors.learner import LearnerGroup
+from actors.placement import JobPlacement, placement_report
 from actors.retrieval import RetrievalGroup
 from actors.reward import RewardGroup, corpus_idf
 from actors.rollout import RolloutGroup
 from actors.weight_sync import BroadcastSync
+from retrieval_service.http_client import HttpRetrieval
 from workers.config import Config, LearnerConfig
 from workers.data.rows import QARow
 from workers.evaluation import Decode, EvalResult, evaluate_trajectories, summarize
@@ -45,21 +47,34 @@ class Session:
         leaves running. ``chunk_size``: prompts per rollout-actor call."""
         self.cfg, self.model_path = cfg, model_path
         self.in_process, self.chunk_size = in_process, chunk_size
-        self.retrieval: RetrievalGroup | None = reuse.retrieval if reuse is not None else None
+        self.retrieval: RetrievalGroup | HttpRetrieval | None = reuse.retrieval if reuse is not None else None
         self.rollout_group: RolloutGroup | None = reuse.rollout_group if reuse is not None else None
         self.reward: RewardGroup | None = None
         self.learner: LearnerGroup | None = None
+        self.placement: JobPlacement | None = reuse.placement if reuse is not None else None
+        self._owns_placement = False
         self._owned: list[Any] = []
         self._tokenizer: Any = None
 
     # ------------------------------------------------------------------ start
 
-    def start_retrieval(self) -> RetrievalGroup:
-        """The retrieval group (started and loaded unless one is reused)."""
+    def start_retrieval(self) -> RetrievalGroup | HttpRetrieval:
+        """The retrieval group (started and loaded unless one is reused), or with
+        ``retrieval.backend=http`` the client of the server at ``retrieval.url`` (checked once)."""
         if self.retrieval is None:
-            replicas = 0 if self.in_process else None
-            self.retrieval = self._own(RetrievalGroup(self.cfg.retrieval, device=self.cfg.device,
-                                                      num_replicas=replicas))
+            place = self._place()
+            group: RetrievalGroup | HttpRetrieval
+            if self.cfg.retrieval.backend == "http":  # an existing server: no retrieval actors
+                group = HttpRetrieval.from_config(self.cfg.retrieval)
+            elif place is None:
+                group = RetrievalGroup(self.cfg.retrieval, device=self.cfg.device, num_replicas=0)
+            else:
+                count = len(place.plan.placement.of("retrieval"))
+                nodes = [place.node_id("retrieval", i) for i in range(count)]
+                group = RetrievalGroup(self.cfg.retrieval, device=self.cfg.device,
+                                       placement=[place.options("retrieval", i) for i in range(count)],
+                                       replica_nodes=nodes if self.cfg.retrieval.replicas == "per_node" else ())
+            self.retrieval = self._own(group)
             self.retrieval.wait_ready()
         return self.retrieval
 
@@ -68,9 +83,12 @@ class Session:
         if self.rollout_group is None:
             cfg, retrieval = self.cfg, self.start_retrieval()
             rcfg = replace(cfg.rollout, num_workers=0) if self.in_process else cfg.rollout
+            place = self._place()
+            places = None if place is None else [{**place.options("rollout", i), "env": place.engine_env(i)}
+                                                 for i in range(rcfg.num_workers)]
             self.rollout_group = self._own(RolloutGroup(
                 rcfg, self.model_path, retrieval.search, topk=cfg.retrieval.topk, dtype=cfg.model.dtype,
-                trust_remote_code=cfg.model.trust_remote_code, chunk_size=self.chunk_size))
+                trust_remote_code=cfg.model.trust_remote_code, chunk_size=self.chunk_size, placement=places))
         return self.rollout_group
 
     def start_reward(self) -> RewardGroup:
@@ -78,7 +96,10 @@ class Session:
         if self.reward is None:
             cfg = self.cfg
             wants_idf = cfg.reward.use_info_gain and cfg.reward.info_gain_idf == "corpus"
-            self.reward = self._own(RewardGroup(cfg.reward, idf=corpus_idf(cfg.retrieval) if wants_idf else None))
+            place = self._place()
+            places = None if place is None else [place.options("reward", i) for i in range(cfg.reward.num_workers)]
+            self.reward = self._own(RewardGroup(cfg.reward, idf=corpus_idf(cfg.retrieval) if wants_idf else None,
+                                                placement=places))
         return self.reward
 
     def start_learner(self, learner: LearnerConfig, *, total_steps: int, group_size: int = 1,
@@ -89,10 +110,54 @@ class Session:
         self.learner = self._own(LearnerGroup(learner, self.model_path, seed=self.cfg.seed,
                                               total_steps=total_steps, group_size=group_size,
                                               temperature=temperature,
-                                              trust_remote_code=self.cfg.model.trust_remote_code))
+                                              trust_remote_code=self.cfg.model.trust_remote_code,
+                                              placement=self._learner_places(learner)))
         if broadcast and self.rollout_group is not None:
             self.rollout_group.use_broadcast(BroadcastSync(self.learner, self.cfg.rollout.weight_sync_timeout_s))
         return self.learner
+
+    def _place(self) -> JobPlacement | None:
+        """The job's plan on the connected cluster and its placement groups (created on first
+        use, shared with sessions that reuse this one); None in-process."""
+        if self.in_process:
+            return None
+        if self.placement is None:
+            self.placement = JobPlacement.from_cluster(self.cfg)
+            self._owns_placement = True
+        return self.placement
+
+    def _learner_places(self, learner: LearnerConfig) -> list[list[dict[str, Any]]] | None:
+        """The planned bundles of the learner's ranks, per set (policy, critic); None when
+        ``learner`` is not the one the plan was made for (its own placement group then)."""
+        place = self._place()
+        if place is None:
+            return None
+        plan = place.plan.placement
+        sets = [plan.of("learner")] + ([plan.of("critic")] if plan.of("critic") else [])
+        wanted = 1 if learner.colocate_critic or learner.advantage_estimator != "gae" else 2
+        if len(sets) != wanted or len(sets[0]) != learner.num_ranks:
+            logger.info("learner %d ranks x %d sets is not the planned one: a placement group of its own",
+                        learner.num_ranks, wanted)
+            return None
+        return [[place.options(a.group, a.index) for a in ranks] for ranks in sets]
+
+    def placement_report(self) -> list[dict[str, Any]]:
+        """Per actor of this session's groups: where the plan put it and where it runs
+        (``launch.train`` writes it to ``placement.json``; the rehearsal checks it)."""
+        if self.placement is None:
+            return []
+        actors: dict[str, list[Any]] = {}
+        if self.rollout_group is not None and self.rollout_group.actors:
+            actors["rollout"] = list(self.rollout_group.actors)
+        if self.learner is not None and self.learner.pg is None:
+            actors["learner"] = list(self.learner.policy_ranks)
+            if self.learner.critic_ranks:
+                actors["critic"] = list(self.learner.critic_ranks)
+        if isinstance(self.retrieval, RetrievalGroup) and self.retrieval.num_replicas:
+            actors["retrieval"] = self.retrieval.actors
+        if self.reward is not None and self.reward.actors:
+            actors["reward"] = self.reward.actors
+        return placement_report(self.placement, actors)
 
     def _own(self, group: Any) -> Any:
         self._owned.append(group)
@@ -111,9 +176,11 @@ class Session:
     def rollout(self, rows: Sequence[QARow], *, greedy: bool = False, seed: int | None = None) -> Any:
         """Trajectories of ``rows`` as an ObjectRef, once they exist (an in-process worker's
         batch goes to the object store, so the reward and learner actors read it as usual)."""
-        out = self.start_rollout().rollout(rows, greedy=greedy, seed=seed)
+        group = self.start_rollout()
+        out = group.rollout(rows, greedy=greedy, seed=seed)
         ref = out if isinstance(out, ray.ObjectRef) else ray.put(out)
         ray.wait([ref], fetch_local=False)
+        group.sleep()  # the learner phase follows: engines free their GPUs (rollout.sleep_level, GPU only)
         return ref
 
     def evaluate(self, rows: Sequence[QARow], *, decode: bool = False) -> EvalResult:
@@ -171,3 +238,6 @@ class Session:
         for group in [g for g in order if g is not None and self.owns(g)]:
             group.shutdown()
         self._owned = []
+        if self.placement is not None and self._owns_placement:
+            self.placement.remove()
+            self.placement, self._owns_placement = None, False

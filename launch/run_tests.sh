@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the environment (launch/setup_env.sh), then lint, type-check and run every test tier.
 #
-#   bash launch/run_tests.sh                 # everything: unit, integration, e2e
+#   bash launch/run_tests.sh                 # everything: unit, integration, rehearsal, e2e
+#   bash launch/run_tests.sh -m rehearsal    # the GPU topology on a simulated 2-node x 4-GPU cluster
 #   bash launch/run_tests.sh -m "not integration and not e2e"   # extra arguments go to pytest
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -31,13 +31,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from actors.cluster import init_ray
+from actors.placement import live_shape, preflight
 from actors.session import Session
-from actors.trainer import LearnerFailure, PhaseTimeout, StePPOTrainer, check_fits
+from actors.trainer import LearnerFailure, PhaseTimeout, StePPOTrainer
 from launch.config import CONFIG_DIR, register_configs, to_config
 from launch.report import eval_line, print_results, print_step, progress_bar, write_plots
+from retrieval_service.http_client import HttpRetrieval
 from workers.config import Config, ConfigError
 from workers.data.reward_inputs import check_training_rows
 from workers.faults import RestartBudgetExceeded
+from workers.plan import check_plan
 from workers.run_identity import read_state, reconcile
 from workers.tracking import MetricsLogger, latest_checkpoint, prune_checkpoints, read_metrics, truncate_metrics
 
@@ -186,6 +189,16 @@ def begin(trainer: StePPOTrainer, tracker: MetricsLogger, run_dir: Path, resume_
     return eval_start
 
 
+def write_placement(session: Session, run_dir: Path) -> None:
+    """``placement.json``: per actor, where the plan put it and where it runs (node, bundle,
+    ``CUDA_VISIBLE_DEVICES``), and per retrieval replica its search calls by caller node."""
+    report: dict[str, Any] = {"mode": session.placement.mode if session.placement else None,
+                              "actors": session.placement_report()}
+    if session.retrieval is not None and session.retrieval.num_replicas:
+        report["retrieval_callers"] = session.retrieval.callers()
+    (run_dir / "placement.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
 def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The whole job; returns the summary also written to ``run_dir/summary.json``.
 
@@ -194,7 +207,11 @@ def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str
     started = time.perf_counter()
     stop = StopRequest()
     cfg, resume_from = resume_point(cfg, run_dir, overrides)
-    check_fits(cfg, init_ray(cfg.cluster, quiet=not cfg.trainer.verbose))  # before any data or actor work
+    preflight(cfg)  # launch.plan's check, before a local cluster starts (issue 21)
+    if cfg.retrieval.backend == "http":  # an unreachable server stops the job before anything starts
+        HttpRetrieval.from_config(cfg.retrieval).wait_ready()
+    init_ray(cfg.cluster, quiet=not cfg.trainer.verbose)
+    check_plan(cfg, live_shape(cfg))  # the cluster joined or started: before any data or actor work
     stop.install()  # after ray.init, which sets a SIGTERM handler of its own
     cfg, model_path = _prepare_inputs(cfg)
     model_path, warm = start_policy(cfg, model_path)
@@ -205,6 +222,7 @@ def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str
         trainer.setup()
         eval_start = begin(trainer, tracker, run_dir, resume_from)
         checkpoint, final_eval = run_steps(trainer, tracker, stop)
+        write_placement(trainer.session, run_dir)
     finally:
         tracker.close()
         trainer.shutdown()

@@ -70,6 +70,7 @@ def test_reward_presets_switch_the_right_terms() -> None:
     (["retrieval.backend=http"], "retrieval.url"),
     (["retrieval.backend=http", "retrieval.url=localhost:8000"], "retrieval.url"),
     (["rollout.sleep_level=1"], "rollout.sleep_level"),
+    (["cluster.placement=colocated", "rollout.sleep_level=1", "trainer.async_rollout=true"], "rollout.sleep_level"),
     (["learner.actor_warmup_ratio=1.5"], "learner.actor_warmup_ratio"),
     (["learner.logprob_micro_batch_size=0"], "learner.logprob_micro_batch_size"),
     (["learner.num_ranks=8", "learner.micro_batch_size=1", "sft.batch_size=12"], "sft.batch_size"),

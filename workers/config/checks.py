@@ -150,6 +150,9 @@ def _validate_placement(cfg: Config) -> None:
     _non_negative(cfg, "retrieval.http_retries")
     _require(cfg.rollout.sleep_level == 0 or cfg.cluster.placement == "colocated", "rollout.sleep_level",
              "engines sleep only to share their GPUs: set cluster.placement=colocated or rollout.sleep_level=0")
+    _require(cfg.rollout.sleep_level == 0 or not cfg.trainer.async_rollout, "rollout.sleep_level",
+             "trainer.async_rollout keeps the engines generating while the learner updates, so they cannot "
+             "sleep: set rollout.sleep_level=0 or trainer.async_rollout=false")
 
 
 def _validate_learner(cfg: Config) -> None:

@@ -116,20 +116,41 @@ class VLLMEngine:
     def __init__(self, model_path: str, *, dtype: str = "auto", seed: int = 0,
                  gpu_memory_utilization: float = 0.2, kv_cache_gib: float = 1.0,
                  tensor_parallel_size: int = 1, max_model_len: int = 2048,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, sleep_level: int = 0) -> None:
+        """``sleep_level`` > 0: the engine can free its GPU memory while the learner trains
+        (vLLM's sleep mode; CUDA only, ignored on CPU). Tensor parallel > 1 runs its workers
+        through vLLM's Ray executor, in the bundles the rollout actor's environment names
+        (``VLLM_RAY_BUNDLE_INDICES``, set by ``actors.placement``); GPU clusters only."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
         from vllm import LLM
 
+        self.sleep_level = sleep_level if sleep_level > 0 and _cuda_available() else 0
+        self.asleep = False
+        parallel: dict[str, Any] = {"distributed_executor_backend": "ray"} if tensor_parallel_size > 1 else {}
         self.llm = LLM(model=model_path, dtype=cast(Any, dtype), seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                        trust_remote_code=trust_remote_code, use_tqdm_on_load=False,
-                       # log-probs after temperature/top-p, as sampled (issue 23's correction)
+                       # log-probs after temperature/top-p, as sampled (for the off-policy correction)
                        logprobs_mode="processed_logprobs",
+                       enable_sleep_mode=self.sleep_level > 0, **parallel,
                        worker_extension_cls="workers.weight_sync.WeightSyncExtension")
         self.tokenizer = self.llm.get_tokenizer()
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+
+    def sleep(self) -> None:
+        """Free the GPU memory while the learner trains (level 1: weights to CPU RAM, cache
+        dropped; level 2: both dropped, the next weight sync refills them). No-op on CPU."""
+        if self.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        """Take the GPU memory back before generating or loading weights (no-op when awake)."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> list[Generation]:
         from vllm import SamplingParams
@@ -308,6 +329,12 @@ class HFEngine:
         """All names must match the model's (``strict``): a mismatch fails loudly instead of
         leaving stale weights."""
         self.model.load_state_dict(dict(weights), strict=True)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def make_engine(kind: str, model_path: str, **options: Any) -> GenerationEngine:

@@ -95,7 +95,8 @@ class RolloutWorker:
         self.engine = make_engine(cfg.engine, model_path, dtype=dtype, seed=cfg.seed,
                                   gpu_memory_utilization=cfg.gpu_memory_utilization,
                                   kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel_size,
-                                  max_model_len=max_len, trust_remote_code=trust_remote_code)
+                                  max_model_len=max_len, trust_remote_code=trust_remote_code,
+                                  sleep_level=cfg.sleep_level)
         self.tokenizer: Any = self.engine.tokenizer  # type: ignore[attr-defined]
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                           else self.tokenizer.eos_token_id)
@@ -126,6 +127,7 @@ class RolloutWorker:
     def rollout(self, rows: Sequence[QARow], *, greedy: bool = False, seed: int | None = None,
                 n_samples: int | None = None) -> TrajectoryBatch:
         """Sample ``n_samples`` episodes per row (greedy: one, temperature 0)."""
+        self.wake_up()
         n = 1 if greedy else (n_samples or self.cfg.n_samples)
         expanded = [row for row in rows for _ in range(n)]
         sample_ids = [f"{row.id}#{k}" for row in rows for k in range(n)]
@@ -147,8 +149,22 @@ class RolloutWorker:
         }
         return pack_episodes(episodes, expanded, sample_ids, texts, self.pad_id, self.policy_version)
 
+    def sleep(self) -> None:
+        """The engine frees its GPU memory for the learner phase (vLLM sleep mode, GPU only;
+        a no-op on CPU and for engines without it)."""
+        sleep = getattr(self.engine, "sleep", None)
+        if sleep is not None:
+            sleep()
+
+    def wake_up(self) -> None:
+        """The engine takes its GPU memory back (no-op when awake or without sleep mode)."""
+        wake_up = getattr(self.engine, "wake_up", None)
+        if wake_up is not None:
+            wake_up()
+
     def update_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]], version: int) -> int:
         """Load new policy weights in place and adopt ``version``; returns it."""
+        self.wake_up()
         items = weights.items() if isinstance(weights, Mapping) else weights
         self.engine.update_weights(items)
         self.policy_version = version
@@ -170,6 +186,7 @@ class RolloutWorker:
     def receive_weights(self, manifest: Any, version: int, timeout_s: float) -> int:
         """Load one weight broadcast and adopt ``version`` (only when all of it arrived)."""
         started = time.perf_counter()
+        self.wake_up()
         try:
             received = int(self.engine.receive_weights(manifest, timeout_s))  # type: ignore[attr-defined]
         except BaseException:
