@@ -335,6 +335,25 @@ class RolloutGroup:
             return self._local.metrics()
         return dict(self._last_metrics)
 
+    def check_retrieval(self, timeout: float) -> list[float]:
+        """Every worker searches once through its own retrieval route before any rollout, so a
+        worker that cannot reach retrieval (an unreachable ``retrieval.url`` from its node, a
+        replica that does not answer) stops the job at start with its index; seconds per worker."""
+        if self._local is not None:
+            return [self._local.check_retrieval()]
+        refs = [a.check_retrieval.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        seconds: list[float] = []
+        for i, ref in enumerate(refs):
+            if ref not in ready:
+                raise RuntimeError(f"rollout actor {i} got no answer from retrieval within {timeout:g} s "
+                                   "(retrieval.search_timeout_s / retrieval.http_timeout_s)")
+            try:
+                seconds.append(float(ray.get(ref)))
+            except Exception as exc:
+                raise RuntimeError(f"rollout actor {i} cannot reach retrieval: {exc}") from exc
+        return seconds
+
     def pids(self, timeout: float = 300.0) -> list[int]:
         """Process ids of the actors, waiting for any that Ray is restarting."""
         deadline = time.monotonic() + timeout

@@ -89,6 +89,8 @@ class Session:
             self.rollout_group = self._own(RolloutGroup(
                 rcfg, self.model_path, retrieval.search, topk=cfg.retrieval.topk, dtype=cfg.model.dtype,
                 trust_remote_code=cfg.model.trust_remote_code, chunk_size=self.chunk_size, placement=places))
+            # each worker reaches retrieval from its own node before any rollout (the search retries once)
+            self.rollout_group.check_retrieval(timeout=2 * cfg.retrieval.search_timeout_s)
         return self.rollout_group
 
     def start_reward(self) -> RewardGroup:

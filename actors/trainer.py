@@ -29,6 +29,7 @@ from actors.session import Session
 from workers.config import Config, ConfigError
 from workers.data.loader import PromptSampler
 from workers.data.rows import QARow, read_rows
+from workers.learner.data import ppo_optimizer_steps
 from workers.reward import RewardTotals
 from workers.run_identity import IDENTITY_KEY, read_state, run_identity
 from workers.seeds import mix_seed
@@ -118,7 +119,9 @@ class StePPOTrainer:
         reused = session.rollout_group is not None
         session.start_rollout()
         session.start_reward()
-        session.start_learner(cfg.learner, total_steps=cfg.trainer.total_steps, group_size=cfg.rollout.n_samples,
+        optimizer_steps = ppo_optimizer_steps(cfg.trainer.total_steps, cfg.trainer.batch_size * cfg.rollout.n_samples,
+                                              cfg.learner.mini_batch_size, cfg.learner.ppo_epochs)
+        session.start_learner(cfg.learner, total_steps=optimizer_steps, group_size=cfg.rollout.n_samples,
                               temperature=cfg.rollout.temperature, broadcast=cfg.rollout.weight_sync == "broadcast")
         if reused:  # it may hold another run's weights
             self.sync_weights()

@@ -188,3 +188,21 @@ def test_an_actor_dying_in_an_object_store_weight_sync_catches_up_at_its_next_ch
     assert sorted(batch.sample_ids) == sorted(f"{r.id}#0" for r in rows)
     assert batch.policy_version == 7
     assert ray.get([a.version.remote() for a in hf_group.actors]) == [7, 7]  # the restarted one caught up
+
+
+def _unreachable(queries: list[str], topk: int) -> list[list[object]]:
+    raise ConnectionError("no route to the retrieval server")
+
+
+def test_each_worker_checks_its_retrieval_route_at_start(ray_cluster: dict, toy: dict, rollout_group) -> None:
+    from actors.rollout import RolloutGroup
+
+    seconds = rollout_group.check_retrieval(timeout=120)
+    assert len(seconds) == 2 and all(s >= 0 for s in seconds)
+    cfg = replace(ROLLOUT, engine="hf", num_workers=1, num_cpus_per_worker=0.5)
+    group = RolloutGroup(cfg, toy["policy"], _unreachable, topk=2, dtype="float32")
+    try:
+        with pytest.raises(RuntimeError, match=r"rollout actor 0 cannot reach retrieval.*no route"):
+            group.check_retrieval(timeout=120)
+    finally:
+        group.shutdown()

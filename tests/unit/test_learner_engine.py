@@ -248,3 +248,38 @@ def test_micro_batches_are_cut_to_their_own_lengths_without_changing_results(mod
     order = worker._micro_chunks(np.arange(4), traj)
     lengths = [int(traj.prompt_lengths[c[0]] + traj.response_lengths[c[0]]) for c in order]
     assert lengths == sorted(lengths)
+
+
+def test_logprob_micro_batch_sets_the_forward_chunks_without_changing_results(model_path: str) -> None:
+    traj, _ = make_batch(B=4)
+    worker = LearnerWorker(tiny_cfg(micro_batch_size=4, logprob_micro_batch_size=1), model_path)
+    worker.init_distributed()
+    whole = LearnerWorker(tiny_cfg(micro_batch_size=4), model_path)
+    whole.init_distributed()
+    sizes: list[int] = []
+    chunks = worker._micro_chunks
+    worker._micro_chunks = lambda idx, batch=None, size=None: [  # type: ignore[method-assign]
+        c for c in chunks(idx, batch, size) if not sizes.append(len(c))]
+    one, four = worker.compute(traj), whole.compute(traj)
+    assert sizes == [1, 1, 1, 1]
+    np.testing.assert_allclose(one["old_logprobs"], four["old_logprobs"], atol=1e-4)
+
+
+def test_warmup_ratio_is_a_share_of_the_run_in_optimizer_steps(model_path: str) -> None:
+    from workers.learner.data import ppo_optimizer_steps
+    from workers.learner.engine import lr_lambda, warmup_steps
+
+    # the release's 3B: 1,120 steps of 128 samples, mini-batch 32, one epoch: 4 optimizer steps a step
+    total = ppo_optimizer_steps(1120, 128, 32, 1)
+    assert total == 4480
+    cfg = tiny_cfg(warmup_steps=7)
+    assert warmup_steps(cfg, None, total) == 7 and warmup_steps(cfg, 0.285, total) == 1276
+    factor = lr_lambda(warmup_steps(cfg, 0.285, total), "constant", total)
+    assert factor(0) == pytest.approx(1 / 1276) and factor(1275) == 1.0
+    worker = LearnerWorker(tiny_cfg(actor_warmup_ratio=0.5, critic_warmup_ratio=0.25), model_path,
+                           roles=("policy", "critic"), total_steps=8)
+    worker.init_distributed()
+    assert worker.policy is not None and worker.critic is not None
+    policy_lr = worker.policy.optimizer.param_groups[0]["lr"]  # type: ignore[attr-defined]
+    critic_lr = worker.critic.optimizer.param_groups[0]["lr"]  # type: ignore[attr-defined]
+    assert policy_lr == pytest.approx(1e-3 / 4) and critic_lr == pytest.approx(1e-3 / 2)

@@ -71,6 +71,12 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float32))  # a copy: object-store arrays are read-only
 
 
+def ppo_optimizer_steps(total_steps: int, samples_per_step: int, mini_batch_size: int, ppo_epochs: int) -> int:
+    """Optimizer steps of a run of ``total_steps`` PPO steps of ``samples_per_step`` samples:
+    one per mini-batch per epoch (the LR schedule's length in optimizer steps)."""
+    return total_steps * ppo_epochs * max(1, samples_per_step // mini_batch_size)
+
+
 def minibatches(batch_size: int, mini_batch_size: int, seed: int, shuffle: bool = True
                 ) -> list[np.ndarray]:
     """Sample indices of each mini-batch (one optimizer step), the same on every rank."""

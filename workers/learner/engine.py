@@ -67,6 +67,12 @@ def lr_lambda(warmup_steps: int, schedule: str, total_steps: int) -> Callable[[i
     return factor
 
 
+def warmup_steps(cfg: LearnerConfig, ratio: float | None, total_steps: int) -> int:
+    """Warmup in optimizer steps: ``ratio`` of the run's ``total_steps`` when set (as the
+    release's ``lr_warmup_steps_ratio``), else ``learner.warmup_steps``."""
+    return cfg.warmup_steps if ratio is None else int(ratio * total_steps)
+
+
 def accumulation_steps(cfg: LearnerConfig, world_size: int) -> int:
     """Micro-batches per rank per optimizer step."""
     per_rank, rem = divmod(cfg.mini_batch_size, world_size)
@@ -147,10 +153,10 @@ class DeepSpeedEngine:
     """A model wrapped by ``deepspeed.initialize`` with optimizer and LR schedule."""
 
     def __init__(self, module: nn.Module, cfg: LearnerConfig, lr: float, world_size: int,
-                 total_steps: int = 0) -> None:
+                 total_steps: int = 0, warmup_ratio: float | None = None) -> None:
         import deepspeed
 
-        schedule = lr_lambda(cfg.warmup_steps, cfg.lr_schedule, total_steps)
+        schedule = lr_lambda(warmup_steps(cfg, warmup_ratio, total_steps), cfg.lr_schedule, total_steps)
         params = [p for p in module.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=params,
@@ -274,7 +280,7 @@ class TorchEngine:
     """
 
     def __init__(self, module: nn.Module, cfg: LearnerConfig, lr: float, world_size: int = 1,
-                 total_steps: int = 0) -> None:
+                 total_steps: int = 0, warmup_ratio: float | None = None) -> None:
         if world_size != 1:
             raise ValueError("the torch engine runs in one process; use DeepSpeed for ranks > 1")
         self.module = module.to("cuda") if uses_cuda() else module
@@ -283,7 +289,7 @@ class TorchEngine:
             [p for p in module.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999),
             eps=1e-8, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.warmup_steps, cfg.lr_schedule, total_steps))
+            self.optimizer, lr_lambda(warmup_steps(cfg, warmup_ratio, total_steps), cfg.lr_schedule, total_steps))
         self.grad_clip = cfg.grad_clip
         self.accumulation = accumulation_steps(cfg, 1)
         self._micro = 0
@@ -335,10 +341,11 @@ class TorchEngine:
 
 
 def build_engine(module: nn.Module, cfg: LearnerConfig, lr: float, world_size: int,
-                 total_steps: int = 0) -> TrainEngine:
-    """The engine ``cfg.engine`` names, around a trainable module."""
+                 total_steps: int = 0, warmup_ratio: float | None = None) -> TrainEngine:
+    """The engine ``cfg.engine`` names, around a trainable module; ``total_steps``: the run's
+    optimizer steps (the LR schedule's length)."""
     if cfg.engine == "deepspeed":
-        return DeepSpeedEngine(module, cfg, lr, world_size, total_steps)
+        return DeepSpeedEngine(module, cfg, lr, world_size, total_steps, warmup_ratio)
     if cfg.engine == "torch":
-        return TorchEngine(module, cfg, lr, world_size, total_steps)
+        return TorchEngine(module, cfg, lr, world_size, total_steps, warmup_ratio)
     raise ValueError(f"learner.engine must be deepspeed or torch, got {cfg.engine!r}")

@@ -66,7 +66,8 @@ class LearnerWorker:
     def __init__(self, cfg: LearnerConfig, model_path: str, roles: Sequence[str] = ("policy",),
                  seed: int = 0, total_steps: int = 0, temperature: float = 1.0,
                  trust_remote_code: bool = False) -> None:
-        """``temperature``: the rollouts' sampling temperature, at which PPO scores the
+        """``total_steps``: the run's optimizer steps (the LR schedule's length; StePPO's
+        ``ppo_optimizer_steps``). ``temperature``: the rollouts' sampling temperature, at which PPO scores the
         policy's and the reference's tokens (SFT always trains the plain logits).
         ``trust_remote_code``: ``model.trust_remote_code``, as the rollout engines get it."""
         unknown = set(roles) - {"policy", "critic"}
@@ -106,14 +107,14 @@ class LearnerWorker:
         if "policy" in self.roles:
             module = mdl.load_causal_lm(self.model_path, dtype, gc, trc)
             self.policy = eng.build_engine(module, self.cfg, self.cfg.actor_lr, world_size,
-                                           self.total_steps)
+                                           self.total_steps, self.cfg.actor_warmup_ratio)
             if self._needs_ref():
                 ref = mdl.load_reference(self.model_path, eng.train_dtype(self.cfg), trc)
                 self.ref = eng.DeepSpeedInference(ref, self.cfg, world_size)
         if "critic" in self.roles:
             critic = mdl.load_critic(self.model_path, dtype, gc, trc)
             self.critic = eng.build_engine(critic, self.cfg, self.cfg.critic_lr, world_size,
-                                           self.total_steps)
+                                           self.total_steps, self.cfg.critic_warmup_ratio)
         logger.info("learner rank %d/%d ready (%s, %s, ZeRO-%d)", rank, world_size,
                     "+".join(self.roles), self.cfg.engine, self.cfg.zero_stage)
 
@@ -143,15 +144,17 @@ class LearnerWorker:
         mask = torch.from_numpy(batch.action_mask[idx, :t].astype(np.float32)).to(self.device)
         return inputs, response, mask  # (b, p+t) inputs, (b, t) response and mask
 
-    def _micro_chunks(self, idx: np.ndarray, batch: TrajectoryBatch | None = None) -> list[np.ndarray]:
-        """Micro-batches of ``idx`` in order; given ``batch``, of similar lengths (less padding).
+    def _micro_chunks(self, idx: np.ndarray, batch: TrajectoryBatch | None = None,
+                      size: int | None = None) -> list[np.ndarray]:
+        """Micro-batches of ``idx`` (``size`` each, default ``micro_batch_size``) in order;
+        given ``batch``, of similar lengths (less padding).
 
         Sorting is for updates only: their loss is a sum over the micro-batches of a
         mini-batch, so the order inside it does not change the step.
         """
         if batch is not None:
             idx = idx[np.argsort(batch.prompt_lengths[idx] + batch.response_lengths[idx], kind="stable")]
-        size = self.cfg.micro_batch_size
+        size = size or self.cfg.micro_batch_size
         return [idx[i:i + size] for i in range(0, len(idx), size)]
 
     @torch.no_grad()
@@ -159,6 +162,7 @@ class LearnerWorker:
                 values_only: bool = False) -> dict[str, np.ndarray]:
         """old_logprobs, ref_logprobs and/or values (each (hi-lo, T) float32) of a shard.
 
+        Forward passes of ``logprob_micro_batch_size`` samples (default ``micro_batch_size``).
         Defaults to this rank's contiguous share of the batch. Under ZeRO-3 every rank
         must call this with shards of the same size (the forward passes gather weights).
         ``values_only`` skips the policy and reference passes (critic warmup, where the
@@ -168,7 +172,7 @@ class LearnerWorker:
             lo, hi = rank_range(len(batch), self.rank, self.world_size)
         out: dict[str, list[Tensor]] = {}
         T = batch.response_ids.shape[1]
-        for chunk in self._micro_chunks(np.arange(lo, hi)):
+        for chunk in self._micro_chunks(np.arange(lo, hi), size=self.cfg.logprob_micro_batch_size):
             inputs, response, _ = self._inputs(batch, chunk)
             pad = (0, T - response.shape[1])  # back to the batch's width
             if self.policy is not None and not values_only:

@@ -101,6 +101,7 @@ class RolloutWorker:
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                           else self.tokenizer.eos_token_id)
         self.search_seconds = 0.0
+        self._search = search
         self.loop = AgentLoop(self.engine, self.tokenizer, self._timed(search),
                               LoopSettings.from_config(cfg, topk))
         self.policy_version = 0
@@ -115,6 +116,15 @@ class RolloutWorker:
             finally:
                 self.search_seconds += time.perf_counter() - started
         return timed
+
+    def check_retrieval(self, query: str = "retrieval check") -> float:
+        """One search through this worker's own retrieval route (the same one its episodes
+        use); seconds it took. Raises when retrieval cannot be reached from here."""
+        started = time.perf_counter()
+        results = self._search([query], 1)
+        if len(results) != 1:
+            raise RuntimeError(f"retrieval answered {len(results)} result lists for 1 query")
+        return time.perf_counter() - started
 
     def encode_prompt(self, row: QARow) -> list[int]:
         """Chat-template the row's prompt; refuse prompts over ``max_prompt_tokens``."""
