@@ -1,4 +1,4 @@
-"""Asynchronous rollout (issue 23): the next batches are generated while the learner updates.
+"""Asynchronous rollout: the next batches are generated while the learner updates.
 
 Runs in the driver process, beside ``actors.trainer.StePPOTrainer`` (``trainer.async_rollout=true``).
 One driver thread rolls out and scores; the main thread runs the learner. The rollout and

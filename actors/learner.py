@@ -193,7 +193,7 @@ class LearnerGroup:
     def forward(self, traj_ref: Any, batch_size: int | None = None, values_only: bool = False) -> list[Any]:
         """Start the log-prob, reference log-prob and value passes on every rank's shard and
         return their ObjectRefs at once: they need the trajectories only, so they run while
-        the rewards are scored (issue 25). ``values_only`` (critic warmup) runs the critic's
+        the rewards are scored. ``values_only`` (critic warmup) runs the critic's
         passes alone, on the ranks that hold it."""
         if batch_size is None:
             batch_size = len(ray.get(traj_ref))

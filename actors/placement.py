@@ -1,4 +1,4 @@
-"""The job's plan made real on a running Ray cluster (issue 21).
+"""The job's plan made real on a running Ray cluster.
 
 Runs in the driver. ``preflight`` checks the plan of a local cluster before it starts (no
 Ray process yet); ``JobPlacement`` computes the plan against the live cluster

@@ -174,7 +174,7 @@ class RewardGroup:
     def score_with_totals(self, batch: ray.ObjectRef | TrajectoryBatch) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
         """Score ``batch``: the ``RewardBatch``'s ObjectRef and, beside it, one ``RewardTotals``
         ObjectRef per shard; their sum gives the batch's ``reward/...`` metrics without
-        fetching the rewards or running a task to summarize them (issue 25)."""
+        fetching the rewards or running a task to summarize them."""
         if self._local is not None:
             rewards = self.score(batch)
             return ray.put(rewards), [ray.put(RewardTotals.of(rewards))]

@@ -6,7 +6,7 @@ returns one ``TrajectoryBatch`` ObjectRef assembled next to the data (the driver
 holds the tensors), and survives an actor's death: Ray restarts the actor, the chunk it
 lost is re-run, and the restarted actor loads the current weights before generating
 (every call carries the wanted policy version and, on the object-store path, a reference
-to its weights). With a weight broadcast attached (``use_broadcast``, issue 22) new
+to its weights). With a weight broadcast attached (``use_broadcast``) new
 weights come by one collective from learner rank 0, and an actor behind the group's
 version (restarted, or failed a broadcast) is caught up by a broadcast of its own before
 its next chunk.

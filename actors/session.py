@@ -1,4 +1,4 @@
-"""One job's actor groups and what is done to all of them together (issue 25).
+"""One job's actor groups and what is done to all of them together.
 
 Runs in the driver process (``launch.train``, ``launch.sft``, ``launch.evaluate``,
 ``launch.ask``, the experiments). A ``Session`` starts the groups a job needs (retrieval,
@@ -107,7 +107,7 @@ class Session:
     def start_learner(self, learner: LearnerConfig, *, total_steps: int, group_size: int = 1,
                       temperature: float = 1.0, broadcast: bool = False) -> LearnerGroup:
         """The learner ranks from ``model_path``; ``broadcast``: the rollout group (when it
-        has vLLM actors) takes new weights by one broadcast from learner rank 0 (issue 22)."""
+        has vLLM actors) takes new weights by one broadcast from learner rank 0."""
         assert self.learner is None, "the session already has a learner"
         self.learner = self._own(LearnerGroup(learner, self.model_path, seed=self.cfg.seed,
                                               total_steps=total_steps, group_size=group_size,
@@ -220,8 +220,8 @@ class Session:
     def checkpoint(self, run_dir: Path, step: int, state: Mapping[str, Any],
                    extra: Callable[[Path], None] | None = None) -> Path:
         """The learner's state and ``state`` (``trainer_state.json``) as checkpoint ``step``
-        of ``run_dir``, visible only once complete; ``extra(folder)`` adds files (issue 23:
-        the async loop's rolled-out batches)."""
+        of ``run_dir``, visible only once complete; ``extra(folder)`` adds files
+        (the async loop's rolled-out batches)."""
         assert self.learner is not None, "checkpoint needs a learner"
         staging = begin_checkpoint(run_dir, step)
         self.learner.save_checkpoint(str(staging / "learner"))

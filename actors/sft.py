@@ -1,4 +1,4 @@
-"""The supervised warm start as named steps over a ``Session`` (issue 25).
+"""The supervised warm start as named steps over a ``Session``.
 
 Runs in the driver (``launch.sft``, the warm start of ``launch.train``, the experiments).
 Gold trajectories come from the dataset's decompositions (``workers.sft.build_gold``) with

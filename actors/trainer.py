@@ -93,7 +93,7 @@ class StePPOTrainer:
         self.eval_rows: list[QARow] = read_rows(val_path)[: cfg.trainer.eval_size] if val_path.exists() else []
         self.sampler = PromptSampler(self.train_rows, seed=cfg.seed)
         self.session = Session(cfg, model_path, reuse=reuse)
-        self.async_rollout: AsyncRollout | None = None  # trainer.async_rollout (issue 23)
+        self.async_rollout: AsyncRollout | None = None  # trainer.async_rollout
 
     @property
     def retrieval(self) -> RetrievalGroup | None:
@@ -200,7 +200,7 @@ class StePPOTrainer:
     def sync_weights(self) -> None:
         """Learner -> every rollout worker, in place; the policy version becomes the step.
 
-        One broadcast from learner rank 0 (issue 22), or with ``rollout.weight_sync=object_store``
+        One broadcast from learner rank 0, or with ``rollout.weight_sync=object_store``
         (and the hf engine or an in-process worker) a state dict through the object store."""
         # Rollout actors' deaths are absorbed by the group; what is left is the learner's.
         with self._learner_phase(f"the weight sync of version {self.step}"):

@@ -1,4 +1,4 @@
-"""Driver side of the weight broadcast (issue 22): form the group, run one sync, recover.
+"""Driver side of the weight broadcast: form the group, run one sync, recover.
 
 Runs in the driver. The weight-update group joins learner rank 0 (rank 0) and every worker
 process of every rollout engine (``workers.weight_sync``). It is formed at the first sync

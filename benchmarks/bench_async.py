@@ -1,4 +1,4 @@
-"""Synchronous vs asynchronous StePPO steps on one set of actors (issue 23).
+"""Synchronous vs asynchronous StePPO steps on one set of actors.
 
     python -m benchmarks.bench_async [--steps N] [hydra overrides...]
 

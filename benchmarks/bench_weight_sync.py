@@ -1,4 +1,4 @@
-"""Benchmark: weight sync by broadcast from learner rank 0 vs the object-store + file path (issue 22).
+"""Benchmark: weight sync by broadcast from learner rank 0 vs the object-store + file path.
 
 Runs in the driver (a local Ray cluster on loopback), in the learner ranks (DeepSpeed
 ZeRO-3 on gloo, ``--ranks`` of them) and in ``--engines`` vLLM rollout actors, all on CPU.

@@ -1,4 +1,4 @@
-"""A chaos run: a short StePPO job whose actors are killed at random moments (issue 20, part E).
+"""A chaos run: a short StePPO job whose actors are killed at random moments.
 
     python -m benchmarks.chaos [--seed S] [--steps N] [hydra overrides...]
 

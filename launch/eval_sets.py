@@ -1,4 +1,4 @@
-"""``launch.evaluate eval_sets=[DIR_OR_PRESET,...]``: several prepared sets, one table (issue 24).
+"""``launch.evaluate eval_sets=[DIR_OR_PRESET,...]``: several prepared sets, one table.
 
 Runs in the user's process, with the sessions of ``launch.evaluate`` (in-process or on Ray).
 Each entry is a prepared directory or a ``conf/data`` preset (its ``output_dir``),

@@ -145,10 +145,17 @@ class StopRequest:
               "(signal again to stop at once)", file=sys.stderr, flush=True)
 
 
-def run_steps(trainer: StePPOTrainer, tracker: MetricsLogger, stop: StopRequest) -> tuple[Path | None, dict]:
+TIME_ELAPSED = "time/elapsed_s"
+
+
+def run_steps(trainer: StePPOTrainer, tracker: MetricsLogger, stop: StopRequest,
+              clock: float | None = None) -> tuple[Path | None, dict]:
     """The step loop: train, evaluate every k steps and at the end, checkpoint every k steps,
-    at the end and when a stop is requested. Returns the last checkpoint and evaluation."""
+    at the end and when a stop is requested. Returns the last checkpoint and evaluation.
+    Each step's record has ``time/elapsed_s``: seconds since ``clock`` (``perf_counter``; the
+    start of training in this process), for curves against wall-clock time."""
     cfg = trainer.cfg.trainer
+    clock = time.perf_counter() if clock is None else clock
     checkpoint, final_eval, best = None, {}, (float("-inf"), None)
     bar = progress_bar(cfg.total_steps, initial=trainer.step)
     stop.in_loop = True
@@ -158,6 +165,7 @@ def run_steps(trainer: StePPOTrainer, tracker: MetricsLogger, stop: StopRequest)
         if (cfg.eval_every and trainer.step % cfg.eval_every == 0) or last:
             final_eval = trainer.evaluate()
             metrics.update(final_eval)
+        metrics[TIME_ELAPSED] = time.perf_counter() - clock
         tracker.log(trainer.step, metrics)
         print_step(trainer.step, cfg.total_steps, metrics, bar)
         if (cfg.save_every and trainer.step % cfg.save_every == 0) or last or stop.requested:
@@ -207,7 +215,7 @@ def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str
     started = time.perf_counter()
     stop = StopRequest()
     cfg, resume_from = resume_point(cfg, run_dir, overrides)
-    preflight(cfg)  # launch.plan's check, before a local cluster starts (issue 21)
+    preflight(cfg)  # launch.plan's check, before a local cluster starts
     if cfg.retrieval.backend == "http":  # an unreachable server stops the job before anything starts
         HttpRetrieval.from_config(cfg.retrieval).wait_ready()
     init_ray(cfg.cluster, quiet=not cfg.trainer.verbose)
@@ -220,8 +228,9 @@ def train(cfg: Config, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str
                             wandb_project=cfg.trainer.wandb_project, run_name=run_dir.name)
     try:
         trainer.setup()
+        clock = time.perf_counter()
         eval_start = begin(trainer, tracker, run_dir, resume_from)
-        checkpoint, final_eval = run_steps(trainer, tracker, stop)
+        checkpoint, final_eval = run_steps(trainer, tracker, stop, clock)
         write_placement(trainer.session, run_dir)
     finally:
         tracker.close()

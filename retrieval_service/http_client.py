@@ -1,4 +1,4 @@
-"""A client of a Search-R1-compatible retrieval server (``retrieval.backend=http``, issue 21).
+"""A client of a Search-R1-compatible retrieval server (``retrieval.backend=http``).
 
 Runs wherever search is called: in the driver (the start check) and, pickled inside
 ``search``, in every rollout actor. It speaks the API of ``retrieval_service.http`` (this

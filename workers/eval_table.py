@@ -1,6 +1,6 @@
 """The table of ``launch.evaluate eval_sets=[...]``: a row per evaluated set and their average.
 
-Pure and Ray-free; runs in the user's process (issue 24). The layout follows the StepSearch
+Pure and Ray-free; runs in the user's process. The layout follows the StepSearch
 and Search-R1 tables: one entry per dataset, named by the paper's column (``HotpotQA``,
 ``2Wiki``, ``MuSiQue``, ``Bamboogle``), and an average. As in those papers, the average is
 the unweighted mean over sets, so a small set weighs as much as a large one. ``gold-hit``

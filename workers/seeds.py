@@ -1,4 +1,4 @@
-"""Derived random seeds (issue 25: one home for the ``seed * 1_000_003`` mixing).
+"""Derived random seeds (one home for the ``seed * 1_000_003`` mixing).
 
 Ray-free; runs in the driver (rollout seeds per step) and in the learner ranks (mini-batch
 orders). Multiplying the run's seed by a prime larger than any step count keeps the

@@ -1,4 +1,4 @@
-"""The Ray-free parts of the supervised warm start (``actors.sft.SFTTrainer``, issue 25).
+"""The Ray-free parts of the supervised warm start (``actors.sft.SFTTrainer``).
 
 Runs in the SFT driver (CPU): the learner config SFT trains with, the packed gold
 trajectories (``workers.rollout.gold``) and their shuffled batches. Nothing here imports

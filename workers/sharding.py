@@ -1,4 +1,4 @@
-"""Splitting a batch over ranks or shards (issue 25: one home for the sharding helpers).
+"""Splitting a batch over ranks or shards (one home for the sharding helpers).
 
 Ray-free; runs in the driver, the reward actors and the learner ranks. Every shard is a
 contiguous ``[start, stop)`` range, so shards concatenated in order give the batch back.

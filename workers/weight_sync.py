@@ -1,4 +1,4 @@
-"""Weight sync as one collective broadcast from learner rank 0 to every vLLM worker (issue 22).
+"""Weight sync as one collective broadcast from learner rank 0 to every vLLM worker.
 
 Runs in learner rank 0 (the sender; under ZeRO-3 every learner rank helps gather, only
 rank 0 sends) and in every worker process of every vLLM engine (the receivers, through

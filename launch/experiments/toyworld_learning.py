@@ -39,7 +39,7 @@ from launch.cli import run_tool, split_tool_args
 from launch.config import load_config
 from launch.report import print_step, progress_bar
 from launch.sft import run_sft
-from launch.train import _prepare_inputs, warm_up_critic
+from launch.train import TIME_ELAPSED, _prepare_inputs, warm_up_critic
 from workers.config import Config, ConfigError
 from workers.data.rows import QARow, read_rows
 from workers.evaluation import (
@@ -128,6 +128,7 @@ def run_arm(cfg: Config, run_dir: Path, policy: str, shared: Session, test_rows:
             metrics = trainer.train_step()
             if trainer.step % cfg.trainer.eval_every == 0 or trainer.step == total:
                 metrics.update(trainer.evaluate())
+            metrics[TIME_ELAPSED] = time.perf_counter() - started
             tracker.log(trainer.step, metrics)
             print_step(trainer.step, total, metrics, bar)
             bar.update(1)

@@ -1,4 +1,4 @@
-"""The asynchronous StePPO loop (issue 23) on a local Ray cluster: the version schedule,
+"""The asynchronous StePPO loop on a local Ray cluster: the version schedule,
 resume after a kill, a killed rollout actor."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``launch.evaluate eval_sets=[...]`` (issue 24): two prepared sets, one call, one table.
+"""``launch.evaluate eval_sets=[...]``: two prepared sets, one call, one table.
 
 A 2WikiMultihopQA set searches its own corpus; a FlashRAG (Bamboogle-format) set, which
 ships none, searches the corpus given after ``@``. HF generate and a random tiny policy

@@ -1,4 +1,4 @@
-"""GPU-only paths of issue 21 (marker ``gpu``: skipped without CUDA, never run here).
+"""GPU-only paths of the cluster placement (marker ``gpu``: skipped without CUDA, never run here).
 
 vLLM's sleep mode frees and restores an engine's GPU memory; an engine with tensor
 parallel 2 runs its workers in the bundles ``actors.placement`` names. Written against

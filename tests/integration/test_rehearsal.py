@@ -1,4 +1,4 @@
-"""A rehearsal of the GPU topology on a simulated GPU cluster (issue 21, marker ``rehearsal``).
+"""A rehearsal of the GPU topology on a simulated GPU cluster (marker ``rehearsal``).
 
 ``ray.cluster_utils.Cluster`` starts 2 nodes on loopback that declare 4 GPUs each. The
 ``stepsearch_3b`` preset, with the tiny model and toyworld and its sizes shrunk (2 engines

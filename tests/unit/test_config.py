@@ -155,7 +155,7 @@ def test_the_quick_start_is_the_default_and_the_learning_preset_is_unchanged_by_
 
 PAPER_COMMAND = ["model=qwen2.5-3b", "data=musique", "retrieval=e5_gpu", "rollout=gpu", "learner=zero3_gpu",
                  "trainer=paper", "cluster=gpu_node"]
-"""The README's paper command (issue 21): it stopped at data.input_path and sft.batch_size."""
+"""The README's paper command: it stopped at data.input_path and sft.batch_size."""
 
 
 def test_the_readme_paper_command_composes_and_validates() -> None:

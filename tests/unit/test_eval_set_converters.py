@@ -1,4 +1,4 @@
-"""2WikiMultihopQA and FlashRAG converters (issue 24): hand-made rows, bad rows, real samples,
+"""2WikiMultihopQA and FlashRAG converters: hand-made rows, bad rows, real samples,
 ``launch.prepare_data`` presets, and the refusal to train a reward term on rows without its inputs."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``launch.evaluate eval_sets=[...]`` without a model: resolving entries, retrieval per set,
-and the table (issue 24)."""
+and the table."""
 
 from __future__ import annotations
 

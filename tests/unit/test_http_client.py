@@ -1,4 +1,4 @@
-"""retrieval.backend=http: the client against this project's server on 127.0.0.1 (issue 21)."""
+"""retrieval.backend=http: the client against this project's server on 127.0.0.1."""
 
 from __future__ import annotations
 

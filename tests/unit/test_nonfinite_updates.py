@@ -1,4 +1,4 @@
-"""Non-finite updates are skipped, counted, and stop the run after N in a row (issue 20 C).
+"""Non-finite updates are skipped, counted, and stop the run after N in a row.
 
 The DeepSpeed cases run a real DeepSpeed engine (CPU accelerator, one rank over gloo) in a
 child process, so its process group stays out of the test session.

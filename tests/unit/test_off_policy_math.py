@@ -1,4 +1,4 @@
-"""Off-policy correction of the PPO loss for asynchronous rollout (issue 23), by hand.
+"""Off-policy correction of the PPO loss for asynchronous rollout, by hand.
 
 One episode of four tokens, the third an observation: old (learner) log-probs
 [0, ln 3, 5, ln 0.5] against rollout log-probs [0, 0, 0, 0], so the importance weights

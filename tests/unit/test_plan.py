@@ -1,5 +1,5 @@
 """launch.plan and workers.plan: memory math by hand, the placement table, the two expected
-verdicts of issue 21 (3B fits 1 x 8 x 80 GiB; 7B on 1 x 4 x 24 GiB is refused), the CLI."""
+expected verdicts (3B fits 1 x 8 x 80 GiB; 7B on 1 x 4 x 24 GiB is refused), the CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``actors.session.Session`` bookkeeping: it stops only the groups it started (issue 25).
+"""``actors.session.Session`` bookkeeping: it stops only the groups it started.
 
 The groups here are plain objects with a ``shutdown`` (no Ray starts): what is checked is
 which of them a session owns, not what the real groups do.

@@ -1,4 +1,4 @@
-"""launch.train refuses a job whose plan does not fit before any Ray process starts (issue 21)."""
+"""launch.train refuses a job whose plan does not fit before any Ray process starts."""
 
 from __future__ import annotations
 

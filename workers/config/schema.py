@@ -383,7 +383,7 @@ class LearnerConfig:
     counted in learner/skipped_updates) after which the run stops."""
     off_policy_correction: str = "none"
     """none, tis (truncated importance weight rollout -> learner old policy) or decoupled
-    (AReaL's decoupled PPO); for trainer.async_rollout (docs/training.md, issue 23)."""
+    (AReaL's decoupled PPO); for trainer.async_rollout (docs/training.md)."""
     is_cap: float = 2.0
     """Cap of the importance weight old/rollout policy: tis truncates at it, decoupled drops tokens above it."""
 
@@ -450,7 +450,7 @@ class TrainerConfig:
     verbose: bool = False
     """Show every library's log lines (vLLM, Ray, DeepSpeed); by default known noise is hidden."""
     async_rollout: bool = False
-    """Generate the next batches while the learner updates (issue 23); false: the synchronous loop."""
+    """Generate the next batches while the learner updates; false: the synchronous loop."""
     max_staleness: int = 1
     """Async: policy versions a trained batch may lag the learner by (batch of step s comes from version s-1-k)."""
 

@@ -1,4 +1,4 @@
-"""Entity renaming for synthetic worlds (``sft.rename_entities``, issue 25 moved it here).
+"""Entity renaming for synthetic worlds (``sft.rename_entities``).
 
 Ray-free; runs in the SFT driver. A ``NamePool`` holds a world's names grouped by shape;
 ``Renaming.draw`` gives one row's entities other names of the same shape, and a

@@ -1,4 +1,4 @@
-"""Refusing to train with a reward term whose inputs the rows lack (issue 24).
+"""Refusing to train with a reward term whose inputs the rows lack.
 
 Runs in the driver before any actor starts. FlashRAG sets (Bamboogle, NQ, ...) carry
 neither search keys nor support documents; without this check the search-key reward or

@@ -10,7 +10,7 @@ GAE (Schulman et al. 2015, arXiv 1506.02438) eq. 16; StepSearch (arXiv 2505.1510
 section 3: GAE whose time steps are the action tokens only, KL-in-reward; dual clip
 (Ye et al. 2020, arXiv 1912.09729) eq. 5; the k1/k2/k3 KL estimators (J. Schulman,
 "Approximating KL divergence", 2020); GRPO (Shao et al. 2024, arXiv 2402.03300) 4.1.2;
-off-policy correction for asynchronous rollout (issue 23): truncated importance sampling
+off-policy correction for asynchronous rollout: truncated importance sampling
 (TIS, Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
 training") and AReaL's decoupled PPO (Fu et al. 2025, arXiv 2505.24298, eq. 5).
 """

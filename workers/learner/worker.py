@@ -303,7 +303,7 @@ class LearnerWorker:
         t = response.shape[1]
         ref = None if targets.ref_logprobs is None else self._take(targets.ref_logprobs, chunk, t)
         correction = self.cfg.off_policy_correction
-        behaviour = None  # issue 23: the sampling policy's log-probs, for tis/decoupled only
+        behaviour = None  # the sampling policy's log-probs, for tis/decoupled only
         if correction != "none" and batch is not None:
             behaviour = self._take(batch.rollout_logprobs, chunk, t)
         loss, parts = ppo.actor_loss(
@@ -359,7 +359,7 @@ class LearnerWorker:
             self._weight_group = None
 
     def broadcast_weights(self, manifest: ws.Manifest) -> bool:
-        """Send the policy to the weight-update group, bucket by bucket (issue 22).
+        """Send the policy to the weight-update group, bucket by bucket.
 
         Under ZeRO-3 every rank calls (the buckets are gathered together); otherwise rank 0
         alone. Only rank 0 sends. Returns False when the broadcast failed (an engine died

@@ -245,7 +245,7 @@ def concat_reward_batches(parts: Sequence[RewardBatch]) -> RewardBatch:
 @dataclass(frozen=True)
 class RewardTotals:
     """The sums and counts behind ``reward_metrics``: a reward shard returns these beside its
-    ``RewardBatch``, and shards scored apart add up to the whole batch's (issue 25). Per-sample
+    ``RewardBatch``, and shards scored apart add up to the whole batch's. Per-sample
     terms are summed over samples; information gain and redundancy over search steps."""
 
     samples: int = 0

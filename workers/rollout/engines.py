@@ -291,7 +291,7 @@ class HFEngine:
                 token = self._sample(logprobs, settings)
                 out_ids.append(token)
                 # The log-prob of the distribution sampled from (at its temperature), as the
-                # learner scores it: what off-policy correction compares (issue 23).
+                # learner scores it: what off-policy correction compares.
                 if settings.temperature > 0 and settings.temperature != 1.0:
                     logprobs = torch.log_softmax(step.logits[0, -1].float() / settings.temperature, dim=-1)
                 out_lps.append(float(logprobs[token]))

@@ -186,7 +186,7 @@ class RolloutWorker:
 
     def join_weight_group(self, rank_offset: int, world_size: int, host: str, port: int,
                           store_path: str | None, timeout_s: float) -> list[int]:
-        """The engine's workers join a new weight-update group (issue 22)."""
+        """The engine's workers join a new weight-update group."""
         join = getattr(self.engine, "join_weight_group", None)
         if join is None:
             raise RuntimeError(f"the {self.cfg.engine} engine cannot join a weight broadcast; "
