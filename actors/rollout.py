@@ -351,7 +351,9 @@ class RolloutGroup:
             try:
                 seconds.append(float(ray.get(ref)))
             except Exception as exc:
-                raise RuntimeError(f"rollout actor {i} cannot reach retrieval: {exc}") from exc
+                cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the worker's exception
+                raise RuntimeError(f"rollout actor {i} cannot reach retrieval: "
+                                   f"{type(cause).__name__}: {cause}") from exc
         return seconds
 
     def pids(self, timeout: float = 300.0) -> list[int]:

@@ -202,7 +202,8 @@ def test_each_worker_checks_its_retrieval_route_at_start(ray_cluster: dict, toy:
     cfg = replace(ROLLOUT, engine="hf", num_workers=1, num_cpus_per_worker=0.5)
     group = RolloutGroup(cfg, toy["policy"], _unreachable, topk=2, dtype="float32")
     try:
-        with pytest.raises(RuntimeError, match=r"rollout actor 0 cannot reach retrieval.*no route"):
+        expected = r"^rollout actor 0 cannot reach retrieval: ConnectionError: no route to the retrieval server$"
+        with pytest.raises(RuntimeError, match=expected):
             group.check_retrieval(timeout=120)
     finally:
         group.shutdown()
